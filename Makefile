@@ -1,0 +1,40 @@
+# One command runs the demo, one runs the tests; everything else is a helper of those two.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint typecheck unit proto proto-check demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check common sidecars proto/__init__.py testbed tests bench
+	$(VENV)/bin/ruff format --check common sidecars testbed tests bench || \
+	  (echo "run: $(VENV)/bin/ruff format common sidecars testbed tests bench"; exit 1)
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest
+
+test: venv lint typecheck unit
+
+proto: venv
+	$(PY) -m proto.generate
+
+demo: venv
+	$(PY) -m testbed.demo
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

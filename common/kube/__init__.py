@@ -1,0 +1,1 @@
+"""common/kube package."""

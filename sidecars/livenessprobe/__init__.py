@@ -1,0 +1,1 @@
+"""sidecars/livenessprobe package."""

@@ -1,0 +1,1 @@
+"""sidecars/registrar package."""

@@ -1,0 +1,25 @@
+"""Shared pytest configuration: every test must leave no asyncio task running behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+async def _no_pending_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves a task running: a leaked task is a leaked controller."""
+    before = set(asyncio.all_tasks())
+    yield
+    await asyncio.sleep(0)
+    leftover = [
+        t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
+    ]
+    for task in leftover:
+        task.cancel()
+    if leftover:
+        await asyncio.gather(*leftover, return_exceptions=True)
+        names = sorted(t.get_name() for t in leftover)
+        pytest.fail(f"test left tasks running: {names}")
