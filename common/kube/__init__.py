@@ -1,1 +1,1 @@
-"""common/kube package."""
+"""Kubernetes API access: cluster config, the rate-limited client, informers, events and patches."""
