@@ -1,0 +1,406 @@
+"""Flags: command lines parsed the way Go's `flag` package parses them, with the sidecars' shared groups.
+
+Every sidecar accepts both spellings (pflag's `--name` and Go flag's `-name`), so any container args
+that work upstream work here:
+
+    --name=value   --name value   -name=value   -name value
+    --bool         --bool=false   (values as Go's strconv.ParseBool: 1 0 t f T F true false TRUE ...)
+    --             ends the flags
+
+Values follow Go: durations as `time.ParseDuration` (`10s`, `1m30s`, `1.5h`, `300us`; a bare number
+other than `0` is an error), integers as `strconv.ParseInt(s, 0, 64)` (`10`, `0x1f`, `0o17`, `010`).
+Errors use Go's wording (`flag provided but not defined: -foo`, `invalid value "x" for flag -timeout:
+parse error`) and exit 2.
+
+One deliberate difference: `-leader-election false`. Go sets the flag to true, then stops parsing at
+"false" and silently ignores the rest of the line; pflag sets it to true and ignores "false". Both
+hide a mistake, so a positional argument is an error here (the message says `write
+-leader-election=false`), unless the program declares positional arguments (`FlagSet(positional=True)`,
+where parsing stops at the first one, as in Go).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO, TypedDict, TypeVar, Unpack
+
+from common.errors import ConfigError, FlagError
+from common.govalues import (
+    BOOLS,
+    format_duration,
+    format_float,
+    go_quote,
+    parse_bool,
+    parse_duration,
+    parse_float,
+    parse_int,
+)
+from common.logging import configure, get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+def _parse_labels(text: str, current: dict[str, str]) -> dict[str, str]:
+    """csi-lib-utils' `stringMap.Set`: `k:v,k2:v2`, merged into earlier occurrences."""
+    merged = dict(current)
+    for item in text.split(","):
+        pair = item.split(":")
+        if len(pair) != 2:
+            raise ValueError(f"malformed item in list of labels: {item}")
+        merged[pair[0]] = pair[1]
+    return merged
+
+
+def _show_map(value: dict[str, str]) -> str:
+    return "map[" + " ".join(f"{k}:{v}" for k, v in sorted(value.items())) + "]"
+
+
+class HelpRequested(Exception):
+    """`-h`/`--help` was given and the program defines no flag of that name (Go's flag.ErrHelp)."""
+
+
+class FlagOptions(TypedDict, total=False):
+    """Keyword options every definer takes."""
+
+    implemented: bool
+    """False: accepted for compatibility; `Flags.warn_unimplemented()` warns when it is set."""
+    deprecated: str | None
+    """A hint (e.g. "use --http-endpoint instead"), logged as a deprecation warning when the flag is set."""
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    kind: str
+    type_word: str
+    default: Any
+    usage: str
+    parse: Callable[[str, Any], Any]
+    show: Callable[[Any], str]
+    zero: str
+    options: FlagOptions
+
+
+class FlagSet:
+    """The flags of one program. Define with the typed definers, then `parse(argv)`."""
+
+    def __init__(self, program: str, *, positional: bool = False) -> None:
+        self.program = program
+        self._positional = positional
+        self._flags: dict[str, _Flag] = {}
+
+    def _add(self, flag: _Flag) -> None:
+        if flag.name in self._flags:
+            raise ValueError(f"{self.program} flag redefined: {flag.name}")
+        self._flags[flag.name] = flag
+
+    def string(self, name: str, default: str, usage: str, **options: Unpack[FlagOptions]) -> None:
+        """A string flag (Go `flag.String`)."""
+        self._add(_Flag(name, "string", "string", default, usage, lambda t, _: t, str, "", options))
+
+    def boolean(self, name: str, default: bool, usage: str, **options: Unpack[FlagOptions]) -> None:  # noqa: FBT001
+        """A boolean flag: bare `--name` means true; `--name=false` turns it off."""
+
+        def show(value: object) -> str:
+            return "true" if value else "false"
+
+        self._add(
+            _Flag(name, "boolean", "", default, usage, lambda t, _: parse_bool(t), show, "false", options)
+        )
+
+    def integer(self, name: str, default: int, usage: str, **options: Unpack[FlagOptions]) -> None:
+        """A signed 64-bit integer flag (Go `flag.Int`)."""
+        self._add(_Flag(name, "integer", "int", default, usage, lambda t, _: parse_int(t), str, "0", options))
+
+    def unsigned(self, name: str, default: int, usage: str, **options: Unpack[FlagOptions]) -> None:
+        """An unsigned integer flag (Go `flag.Uint`): `-1` is a parse error."""
+
+        def parse(text: str, _: object) -> int:
+            return parse_int(text, unsigned=True)
+
+        self._add(_Flag(name, "unsigned", "uint", default, usage, parse, str, "0", options))
+
+    def floating(self, name: str, default: float, usage: str, **options: Unpack[FlagOptions]) -> None:
+        """A float64 flag (Go `flag.Float64`)."""
+        parse = lambda t, _: parse_float(t)  # noqa: E731
+        self._add(_Flag(name, "floating", "float", float(default), usage, parse, format_float, "0", options))
+
+    def duration(self, name: str, default: float, usage: str, **options: Unpack[FlagOptions]) -> None:
+        """A Go duration flag; the value is in seconds (float)."""
+
+        def parse(text: str, _: object) -> float:
+            try:
+                return parse_duration(text)
+            except ValueError:
+                raise ValueError("parse error") from None
+
+        self._add(
+            _Flag(name, "duration", "duration", float(default), usage, parse, format_duration, "0s", options)
+        )
+
+    def string_map(
+        self, name: str, default: dict[str, str], usage: str, **options: Unpack[FlagOptions]
+    ) -> None:
+        """A `k:v,k2:v2` map (csi-lib-utils `stringMap`, e.g. --leader-election-labels); repeats merge."""
+        self._add(
+            _Flag(
+                name, "string_map", "value", dict(default), usage, _parse_labels, _show_map, "map[]", options
+            )
+        )
+
+    def value(
+        self,
+        name: str,
+        default: T,
+        usage: str,
+        parse: Callable[[str, T], T],
+        **options: Unpack[FlagOptions],
+    ) -> None:
+        """A custom flag (Go `flag.Var`): `parse(text, current)` returns the new value."""
+        self._add(_Flag(name, "value", "value", default, usage, parse, str, "", options))
+
+    def defined(self, name: str) -> bool:
+        """Whether the program defines flag `name`."""
+        return name in self._flags
+
+    def parse(self, argv: list[str]) -> Flags:
+        """Parse `argv` (without the program name). Raises FlagError or HelpRequested."""
+        values = {name: flag.default for name, flag in self._flags.items()}
+        seen: list[str] = []
+        args = list(argv)
+        after_bool = ""
+        while args:
+            arg = args.pop(0)
+            if len(arg) < 2 or arg[0] != "-":
+                args.insert(0, arg)
+                break
+            if arg == "--":
+                break
+            name = arg[2:] if arg.startswith("--") else arg[1:]
+            if not name or name[0] in "-=":
+                raise FlagError(f"bad flag syntax: {arg}")
+            name, has_value, text = name.partition("=")
+            flag = self._flags.get(name)
+            if flag is None:
+                if name in ("help", "h"):
+                    raise HelpRequested
+                raise FlagError(f"flag provided but not defined: -{name}")
+            after_bool = "" if has_value or flag.kind != "boolean" else name
+            if flag.kind == "boolean":
+                text = text if has_value else "true"
+                try:
+                    values[name] = flag.parse(text, values[name])
+                except ValueError as err:
+                    raise FlagError(f"invalid boolean value {go_quote(text)} for -{name}: {err}") from None
+            else:
+                if not has_value and not args:
+                    raise FlagError(f"flag needs an argument: -{name}")
+                text = text if has_value else args.pop(0)
+                try:
+                    values[name] = flag.parse(text, values[name])
+                except (ValueError, ConfigError) as err:
+                    raise FlagError(f"invalid value {go_quote(text)} for flag -{name}: {err}") from None
+            seen.append(name)
+        if args and not self._positional:
+            hint = f" (write -{after_bool}={args[0]})" if after_bool and args[0] in BOOLS else ""
+            raise FlagError(
+                f"unexpected argument {go_quote(args[0])}: {self.program} takes no arguments{hint}"
+            )
+        return Flags(self, values, seen, tuple(args))
+
+    def usage(self) -> str:
+        """Go's `Usage of <program>:` followed by flag.PrintDefaults(), sorted by name."""
+        lines = [f"Usage of {self.program}:"]
+        for name in sorted(self._flags):
+            flag = self._flags[name]
+            type_word, usage = flag.type_word, flag.usage
+            quoted = re.search(r"`([^`]*)`", usage)
+            if quoted:  # Go's UnquoteUsage: a `backquoted` word names the value
+                type_word, usage = (
+                    quoted.group(1),
+                    usage[: quoted.start()] + quoted.group(1) + usage[quoted.end() :],
+                )
+            head = f"  -{name}" + (f" {type_word}" if type_word else "")
+            text = head + ("\t" if len(head) <= 4 else "\n    \t") + usage.replace("\n", "\n    \t")
+            shown = flag.show(flag.default)
+            if shown != flag.zero:
+                text += f" (default {go_quote(shown)})" if flag.kind == "string" else f" (default {shown})"
+            lines.append(text)
+        return "\n".join(lines) + "\n"
+
+    def _flag(self, name: str) -> _Flag:
+        return self._flags[name]
+
+
+class Flags:
+    """The parsed values, read through typed getters: `flags.duration("timeout")`."""
+
+    def __init__(
+        self, flagset: FlagSet, values: dict[str, Any], seen: list[str], args: tuple[str, ...]
+    ) -> None:
+        self.program = flagset.program
+        self.args = args
+        self._flagset = flagset
+        self._values = values
+        self._seen = seen
+
+    def _get(self, name: str, kind: str) -> Any:
+        flag = self._flagset._flag(name)
+        if flag.kind != kind:
+            raise TypeError(f"flag {name} is a {flag.kind} flag, not {kind}")
+        return self._values[name]
+
+    def string(self, name: str) -> str:
+        return str(self._get(name, "string"))
+
+    def boolean(self, name: str) -> bool:
+        return bool(self._get(name, "boolean"))
+
+    def integer(self, name: str) -> int:
+        return int(self._get(name, "integer"))
+
+    def unsigned(self, name: str) -> int:
+        return int(self._get(name, "unsigned"))
+
+    def floating(self, name: str) -> float:
+        return float(self._get(name, "floating"))
+
+    def duration(self, name: str) -> float:
+        """The value in seconds."""
+        return float(self._get(name, "duration"))
+
+    def string_map(self, name: str) -> dict[str, str]:
+        return dict(self._get(name, "string_map"))
+
+    def value(self, name: str, cls: type[T]) -> T:
+        """The value of a custom (`FlagSet.value`) flag, checked to be a `cls`."""
+        found = self._get(name, "value")
+        if not isinstance(found, cls):
+            raise TypeError(f"flag {name} holds a {type(found).__name__}, not {cls.__name__}")
+        return found
+
+    def is_set(self, name: str) -> bool:
+        """Whether the command line set flag `name` (even to its default)."""
+        self._flagset._flag(name)
+        return name in self._seen
+
+    def warn_unimplemented(self) -> None:
+        """Log a warning for every flag set on the command line that is deprecated or not implemented.
+
+        Call it once logging is configured (`apply_logging_flags` does). A custom flag value with a
+        `parse_warnings()` method (e.g. FeatureGates) has its warnings logged here too.
+        """
+        for name in dict.fromkeys(self._seen):
+            options = self._flagset._flag(name).options
+            if options.get("deprecated"):
+                log.warning("flag is deprecated", flag=f"--{name}", hint=options["deprecated"])
+            if not options.get("implemented", True):
+                log.warning("flag accepted but not implemented yet", flag=f"--{name}")
+        for value in self._values.values():
+            warnings = getattr(value, "parse_warnings", None)
+            if callable(warnings):
+                for message, fields in warnings():
+                    log.warning(message, **fields)
+
+
+# --- shared flag groups ----------------------------------------------------------------------
+
+# Usage texts of csi-lib-utils standardflags and component-base logsapi, kept verbatim.
+_USAGE = {
+    "vmodule": "comma-separated list of pattern=N settings for file-filtered logging "
+    "(only works for text log format)",
+    "leader-election-namespace": "Namespace where the leader election resource lives. "
+    "Defaults to the pod namespace if not set.",
+    "leader-election-lease-duration": "Duration, in seconds, that non-leader candidates will wait to force "
+    "acquire leadership. Defaults to 15 seconds.",
+    "leader-election-renew-deadline": "Duration, in seconds, that the acting leader will retry refreshing "
+    "leadership before giving up. Defaults to 10 seconds.",
+    "leader-election-retry-period": "Duration, in seconds, the LeaderElector clients should wait between "
+    "tries of actions. Defaults to 5 seconds.",
+    "leader-election-labels": "List of labels to add to lease when given replica becomes leader. Formatted "
+    "as a comma seperated list of key:value labels. "
+    "Example: 'my-label:my-value,my-second-label:my-second-value'",
+    "http-endpoint": "The TCP network address where the HTTP server for diagnostics, including metrics and "
+    "leader election health check, will listen (example: `:8080`). The default is empty string, which means "
+    "the server is disabled. Only one of `--metrics-address` and `--http-endpoint` can be set.",
+    "metrics-address": "(deprecated) The TCP network address where the prometheus metrics endpoint will "
+    "listen (example: `:8080`). The default is empty string, which means metrics endpoint is disabled. "
+    "Only one of `--metrics-address` and `--http-endpoint` can be set.",
+}
+
+
+def version() -> str:
+    """This project's version, printed by `--version` as `<program> <version>`."""
+    try:
+        return "v" + importlib.metadata.version("python-csi-sidecars")
+    except importlib.metadata.PackageNotFoundError:
+        return "v0.0.0-dev"
+
+
+def add_logging_flags(fs: FlagSet) -> None:
+    """component-base `logsapi.AddFlags`: --v, --vmodule, --logging-format, --log-flush-frequency..."""
+    fs.integer("v", 0, "number for the log level verbosity")
+    fs.string("vmodule", "", _USAGE["vmodule"], implemented=False)
+    fs.string("logging-format", "text", 'Sets the log format. Permitted formats: "json", "text".')
+    # Every log line is written and flushed at once, so there is nothing to tune.
+    fs.duration("log-flush-frequency", 5.0, "Maximum number of seconds between log flushes")
+    # Upstream these need the LoggingAlphaOptions gate, which no sidecar exposes: accepted, ignored.
+    for fmt in ("text", "json"):
+        split = f"[Alpha] In {fmt} format, write error messages to stderr and info messages to stdout."
+        fs.boolean(f"log-{fmt}-split-stream", False, split, implemented=False)
+        buffer = f"[Alpha] In {fmt} format with split output streams, the info messages can be buffered."
+        fs.string(f"log-{fmt}-info-buffer-size", "0", buffer, implemented=False)
+
+
+def apply_logging_flags(flags: Flags, *, stream: TextIO | None = None) -> None:
+    """Configure logging from `--v` and `--logging-format`, then log warnings about the flags used."""
+    fmt = flags.string("logging-format")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"format: Invalid value: {go_quote(fmt)}: Unsupported log format")
+    configure(
+        verbosity=flags.integer("v"), fmt="json" if fmt == "json" else "text", stream=stream or sys.stderr
+    )
+    flags.warn_unimplemented()
+
+
+def add_automaxprocs(fs: FlagSet) -> None:
+    """csi-lib-utils `--automaxprocs` (Go BoolFunc: bare means true). Python has no GOMAXPROCS: ignored."""
+    fs.boolean("automaxprocs", False, "automatically set GOMAXPROCS to match Linux container CPU quota")
+
+
+def add_standard_flags(fs: FlagSet, *, csi_timeout_default: float) -> None:
+    """csi-lib-utils standardflags (REFERENCE §0.2) plus the sidecar's `--timeout` and `--automaxprocs`."""
+    kube_api = "to use while communicating with the kubernetes apiserver."
+    fs.boolean("version", False, "Show version.")
+    fs.string(
+        "kubeconfig", "", "Absolute path to the kubeconfig file. Required only when running out of cluster."
+    )
+    fs.string("csi-address", "/run/csi/socket", "Address of the CSI driver socket.")
+    fs.duration("timeout", csi_timeout_default, "Timeout of each CSI call.")
+    fs.boolean("leader-election", False, "Enable leader election.")
+    fs.string("leader-election-namespace", "", _USAGE["leader-election-namespace"])
+    fs.duration("leader-election-lease-duration", 15.0, _USAGE["leader-election-lease-duration"])
+    fs.duration("leader-election-renew-deadline", 10.0, _USAGE["leader-election-renew-deadline"])
+    fs.duration("leader-election-retry-period", 5.0, _USAGE["leader-election-retry-period"])
+    fs.string_map("leader-election-labels", {}, _USAGE["leader-election-labels"])
+    fs.floating("kube-api-qps", 5.0, f"QPS {kube_api} Defaults to 5.0.")
+    fs.integer("kube-api-burst", 10, f"Burst {kube_api} Defaults to 10.")
+    fs.string("http-endpoint", "", _USAGE["http-endpoint"])
+    fs.string("metrics-address", "", _USAGE["metrics-address"], deprecated="use --http-endpoint instead")
+    fs.string(
+        "metrics-path",
+        "/metrics",
+        "The HTTP path where prometheus metrics will be exposed. Default is `/metrics`.",
+    )
+    add_automaxprocs(fs)
+
+
+def check_http_flags(flags: Flags) -> None:
+    """Upstream exits 1 when both `--http-endpoint` and `--metrics-address` are set."""
+    if flags.string("http-endpoint") and flags.string("metrics-address"):
+        raise ConfigError("only one of `--metrics-address` and `--http-endpoint` can be set")
