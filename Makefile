@@ -30,6 +30,9 @@ test: venv lint typecheck unit
 proto: venv
 	$(PY) -m proto.generate
 
+proto-check: venv
+	$(PY) -m proto.generate --check
+
 demo: venv
 	$(PY) -m testbed.demo
 
