@@ -28,6 +28,12 @@ class FakeClock:
         self.t += seconds
 
 
+async def advance(seconds: float) -> None:
+    """Let `seconds` of virtual time pass; never sleeps for real (needs @pytest.mark.looptime)."""
+    assert getattr(asyncio.get_running_loop(), "looptime_on", False), "virtual time only: mark it looptime"
+    await asyncio.sleep(seconds)
+
+
 def test_item_exponential_doubles_per_key_and_caps() -> None:
     # client-go TestItemExponentialFailureRateLimiter: 1ms base, 1s cap.
     limiter = ItemExponential[str](0.001, 1.0)
@@ -95,7 +101,7 @@ async def test_token_bucket_acquire_honours_a_pause_started_while_waiting(loopti
     start = float(looptime)
     await bucket.acquire()  # the only token
     waiter = asyncio.create_task(bucket.acquire(), name="acquire")
-    await asyncio.sleep(0.5)
+    await advance(0.5)
     bucket.pause(3)  # a 429 while the waiter waits for its token
     await waiter
     assert looptime == pytest.approx(start + 3.5)

@@ -22,6 +22,12 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
+async def advance(seconds: float) -> None:
+    """Let `seconds` of virtual time pass; never sleeps for real (needs @pytest.mark.looptime)."""
+    assert getattr(asyncio.get_running_loop(), "looptime_on", False), "virtual time only: mark it looptime"
+    await asyncio.sleep(seconds)
+
+
 LogReader = Callable[[], list[dict[str, Any]]]
 
 
@@ -55,7 +61,7 @@ async def test_success_forgets_the_key_and_marks_it_done() -> None:
     assert queue.num_requeues("a") == 1
     worker = asyncio.create_task(run_worker(queue, sync, name="test"), name="worker test-0")
     queue.add("a")
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     assert synced == ["a"]
     assert queue.num_requeues("a") == 0
     await stop(queue, worker)  # drain returns: the key was marked done
@@ -73,7 +79,7 @@ async def test_failure_requeues_with_exponential_backoff(logs: LogReader) -> Non
 
     worker = asyncio.create_task(run_worker(queue, sync, name="test"), name="worker test-0")
     queue.add("a")
-    await asyncio.sleep(10)
+    await advance(10)
     gaps = [later - earlier for earlier, later in pairwise(attempts)]
     assert gaps == pytest.approx([0.02, 0.04, 0.08])  # the 3rd failure waits exactly 4*base
     assert queue.num_requeues("a") == 0  # the 4th attempt succeeded
@@ -101,7 +107,7 @@ async def test_requeue_after_is_honoured_and_is_not_a_failure(logs: LogReader) -
 
     worker = asyncio.create_task(run_worker(queue, sync, name="test"), name="worker test-0")
     queue.add("a")
-    await asyncio.sleep(100)
+    await advance(100)
     assert len(attempts) == 3
     assert attempts[2] - attempts[1] == pytest.approx(30)
     assert queue.num_requeues("a") == 0  # Requeue reset the failure count
@@ -121,14 +127,14 @@ async def test_giving_up_is_logged_once_and_forgets(logs: LogReader) -> None:
 
     worker = asyncio.create_task(run_worker(queue, sync, name="test", give_up_after=3), name="worker test-0")
     queue.add("a")
-    await asyncio.sleep(60)
+    await advance(60)
     assert attempts == 4  # the first try and 3 retries
     assert queue.num_requeues("a") == 0
     messages = [line["msg"] for line in logs()]
     assert messages.count("giving up") == 1
     assert messages.count("sync failed, will retry") == 3
     queue.add("a")  # a new event starts the key over
-    await asyncio.sleep(60)
+    await advance(60)
     assert attempts == 8
     assert [line["msg"] for line in logs()].count("giving up") == 2
     await stop(queue, worker)
@@ -140,7 +146,7 @@ async def test_cancellation_mid_sync_still_calls_done() -> None:
 
     async def sync(key: str) -> None:
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # forever
 
     worker = asyncio.create_task(run_worker(queue, sync, name="test"), name="worker test-0")
     queue.add("a")
@@ -162,13 +168,13 @@ async def test_run_workers_runs_named_workers_in_parallel() -> None:
         task = asyncio.current_task()
         assert task is not None
         names.add(task.get_name())
-        await asyncio.sleep(1)
+        await advance(1)
 
     start = now()
     for key in "abcdef":
         queue.add(key)
     workers = asyncio.create_task(run_workers(queue, sync, name="claims", count=3), name="workers")
-    await asyncio.sleep(0.01)
+    await advance(0.01)
     await queue.shutdown(drain=True)
     await workers
     assert now() - start == pytest.approx(2)  # 6 keys, 3 at a time, 1 s each

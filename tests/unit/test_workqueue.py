@@ -21,6 +21,12 @@ def now() -> float:
     return asyncio.get_running_loop().time()
 
 
+async def advance(seconds: float) -> None:
+    """Let `seconds` of virtual time pass; never sleeps for real (needs @pytest.mark.looptime)."""
+    assert getattr(asyncio.get_running_loop(), "looptime_on", False), "virtual time only: mark it looptime"
+    await asyncio.sleep(seconds)
+
+
 async def settle() -> None:
     """Let every ready callback and task step run (no time passes)."""
     for _ in range(5):
@@ -142,7 +148,7 @@ async def test_shutdown_with_drain_waits_for_done() -> None:
                 key = await queue.get()
             except ShutDown:
                 return
-            await asyncio.sleep(5)
+            await advance(5)
             processed.append((key, now()))
             queue.done(key)
 
@@ -164,7 +170,7 @@ async def test_shutdown_without_drain_releases_a_draining_caller() -> None:
     await queue.get()  # never done
     start = now()
     drain = asyncio.create_task(queue.shutdown(drain=True), name="drain")
-    await asyncio.sleep(3)
+    await advance(3)
     assert not drain.done()
     await queue.shutdown()
     await drain
@@ -218,7 +224,7 @@ async def test_add_after_keeps_the_earlier_due_time() -> None:
     assert await queue.get() == "k"
     assert now() - start == pytest.approx(2)
     queue.done("k")
-    await asyncio.sleep(20)
+    await advance(20)
     assert queue.len() == 0  # the superseded due times never fire
     await queue.shutdown()
 
@@ -287,13 +293,13 @@ async def test_metrics_follow_client_go_accounting() -> None:
     queue.add("a")
     queue.add("a")  # collapses: not counted
     assert (metrics.adds, metrics.depth) == (1, 1)
-    await asyncio.sleep(2)
+    await advance(2)
     assert await queue.get() == "a"
     assert metrics.waited == [2] and metrics.depth == 0
-    await asyncio.sleep(1)
+    await advance(1)
     queue.add("a")  # re-added while processing: counted, and in depth though not yet in the queue
     assert (metrics.adds, metrics.depth, queue.len()) == (2, 1, 0)
-    await asyncio.sleep(2)
+    await advance(2)
     queue.done("a")
     assert metrics.worked == [3]
     assert await queue.get() == "a"
@@ -316,9 +322,9 @@ async def test_in_flight_probe_reports_unfinished_work_and_longest_running() -> 
     queue.add("a")
     queue.add("b")
     await queue.get()
-    await asyncio.sleep(1)
+    await advance(1)
     await queue.get()
-    await asyncio.sleep(2)
+    await advance(2)
     assert metrics.probe() == pytest.approx((3 + 2, 3))
     queue.done("a")
     assert metrics.probe() == pytest.approx((2, 2))
@@ -359,7 +365,7 @@ async def test_concurrent_workers_never_share_a_key_and_every_add_is_processed(
             assert key not in active, f"{key} processed by two workers at once"
             active.add(key)
             starts.setdefault(key, []).append(next(seq))
-            await asyncio.sleep(next(durations))
+            await advance(next(durations))
             active.discard(key)
             queue.done(key)
 
@@ -374,8 +380,8 @@ async def test_concurrent_workers_never_share_a_key_and_every_add_is_processed(
                 last_add[key] = next(seq)
                 queue.add_after(key, amount)
             else:
-                await asyncio.sleep(amount)
-        await asyncio.sleep(60)  # every delay is due and every key processed
+                await advance(amount)
+        await advance(60)  # every delay is due and every key processed
         async with asyncio.timeout(60):
             await queue.shutdown(drain=True)
     for key, added in last_add.items():
