@@ -31,13 +31,17 @@ from typing import Any, TextIO, TypedDict, TypeVar, Unpack
 from common.errors import ConfigError, FlagError
 from common.govalues import (
     BOOLS,
+    format_bool,
     format_duration,
     format_float,
+    format_string_map,
     go_quote,
     parse_bool,
     parse_duration,
     parse_float,
     parse_int,
+    parse_string_map,
+    parse_uint,
 )
 from common.logging import configure, get_logger
 
@@ -45,19 +49,16 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
-def _parse_labels(text: str, current: dict[str, str]) -> dict[str, str]:
-    """csi-lib-utils' `stringMap.Set`: `k:v,k2:v2`, merged into earlier occurrences."""
-    merged = dict(current)
-    for item in text.split(","):
-        pair = item.split(":")
-        if len(pair) != 2:
-            raise ValueError(f"malformed item in list of labels: {item}")
-        merged[pair[0]] = pair[1]
-    return merged
+def _parse_duration_flag(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:  # Go's flag package reports every duration error as errParse
+        raise ValueError("parse error") from None
 
 
-def _show_map(value: dict[str, str]) -> str:
-    return "map[" + " ".join(f"{k}:{v}" for k, v in sorted(value.items())) + "]"
+def _plain(parse: Callable[[str], Any]) -> Callable[[str, Any], Any]:
+    """A parser that ignores the current value (only maps and custom values merge repeats)."""
+    return lambda text, _: parse(text)
 
 
 class HelpRequested(Exception):
@@ -101,57 +102,38 @@ class FlagSet:
 
     def string(self, name: str, default: str, usage: str, **options: Unpack[FlagOptions]) -> None:
         """A string flag (Go `flag.String`)."""
-        self._add(_Flag(name, "string", "string", default, usage, lambda t, _: t, str, "", options))
+        self._add(_Flag(name, "string", "string", default, usage, _plain(str), str, "", options))
 
     def boolean(self, name: str, default: bool, usage: str, **options: Unpack[FlagOptions]) -> None:  # noqa: FBT001
         """A boolean flag: bare `--name` means true; `--name=false` turns it off."""
-
-        def show(value: object) -> str:
-            return "true" if value else "false"
-
         self._add(
-            _Flag(name, "boolean", "", default, usage, lambda t, _: parse_bool(t), show, "false", options)
+            _Flag(name, "boolean", "", default, usage, _plain(parse_bool), format_bool, "false", options)
         )
 
     def integer(self, name: str, default: int, usage: str, **options: Unpack[FlagOptions]) -> None:
         """A signed 64-bit integer flag (Go `flag.Int`)."""
-        self._add(_Flag(name, "integer", "int", default, usage, lambda t, _: parse_int(t), str, "0", options))
+        self._add(_Flag(name, "integer", "int", default, usage, _plain(parse_int), str, "0", options))
 
     def unsigned(self, name: str, default: int, usage: str, **options: Unpack[FlagOptions]) -> None:
         """An unsigned integer flag (Go `flag.Uint`): `-1` is a parse error."""
-
-        def parse(text: str, _: object) -> int:
-            return parse_int(text, unsigned=True)
-
-        self._add(_Flag(name, "unsigned", "uint", default, usage, parse, str, "0", options))
+        self._add(_Flag(name, "unsigned", "uint", default, usage, _plain(parse_uint), str, "0", options))
 
     def floating(self, name: str, default: float, usage: str, **options: Unpack[FlagOptions]) -> None:
         """A float64 flag (Go `flag.Float64`)."""
-        parse = lambda t, _: parse_float(t)  # noqa: E731
+        parse = _plain(parse_float)
         self._add(_Flag(name, "floating", "float", float(default), usage, parse, format_float, "0", options))
 
     def duration(self, name: str, default: float, usage: str, **options: Unpack[FlagOptions]) -> None:
         """A Go duration flag; the value is in seconds (float)."""
-
-        def parse(text: str, _: object) -> float:
-            try:
-                return parse_duration(text)
-            except ValueError:
-                raise ValueError("parse error") from None
-
-        self._add(
-            _Flag(name, "duration", "duration", float(default), usage, parse, format_duration, "0s", options)
-        )
+        parse, show = _plain(_parse_duration_flag), format_duration
+        self._add(_Flag(name, "duration", "duration", float(default), usage, parse, show, "0s", options))
 
     def string_map(
         self, name: str, default: dict[str, str], usage: str, **options: Unpack[FlagOptions]
     ) -> None:
         """A `k:v,k2:v2` map (csi-lib-utils `stringMap`, e.g. --leader-election-labels); repeats merge."""
-        self._add(
-            _Flag(
-                name, "string_map", "value", dict(default), usage, _parse_labels, _show_map, "map[]", options
-            )
-        )
+        parse, show = parse_string_map, format_string_map
+        self._add(_Flag(name, "string_map", "value", dict(default), usage, parse, show, "map[]", options))
 
     def value(
         self,
@@ -193,18 +175,16 @@ class FlagSet:
             after_bool = "" if has_value or flag.kind != "boolean" else name
             if flag.kind == "boolean":
                 text = text if has_value else "true"
-                try:
-                    values[name] = flag.parse(text, values[name])
-                except ValueError as err:
-                    raise FlagError(f"invalid boolean value {go_quote(text)} for -{name}: {err}") from None
+                problem = f"invalid boolean value {go_quote(text)} for -{name}"
             else:
                 if not has_value and not args:
                     raise FlagError(f"flag needs an argument: -{name}")
                 text = text if has_value else args.pop(0)
-                try:
-                    values[name] = flag.parse(text, values[name])
-                except (ValueError, ConfigError) as err:
-                    raise FlagError(f"invalid value {go_quote(text)} for flag -{name}: {err}") from None
+                problem = f"invalid value {go_quote(text)} for flag -{name}"
+            try:
+                values[name] = flag.parse(text, values[name])
+            except (ValueError, ConfigError) as err:
+                raise FlagError(f"{problem}: {err}") from None
             seen.append(name)
         if args and not self._positional:
             hint = f" (write -{after_bool}={args[0]})" if after_bool and args[0] in BOOLS else ""

@@ -155,3 +155,29 @@ def format_duration(seconds: float) -> str:
 def go_quote(text: str) -> str:
     """A string quoted like Go's %q (close enough for error messages)."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def parse_uint(text: str) -> int:
+    """Go's strconv.ParseUint(text, 0, 64): no sign allowed."""
+    return parse_int(text, unsigned=True)
+
+
+def format_bool(value: object) -> str:
+    """Go's strconv.FormatBool."""
+    return "true" if value else "false"
+
+
+def parse_string_map(text: str, current: dict[str, str]) -> dict[str, str]:
+    """csi-lib-utils standardflags `stringMap.Set`: `k:v,k2:v2`, merged into the current map."""
+    merged = dict(current)
+    for item in text.split(","):
+        pair = item.split(":")
+        if len(pair) != 2:
+            raise ValueError(f"malformed item in list of labels: {item}")
+        merged[pair[0]] = pair[1]
+    return merged
+
+
+def format_string_map(value: dict[str, str]) -> str:
+    """A Go map printed with %s: `map[k:v k2:v2]`, keys sorted."""
+    return "map[" + " ".join(f"{k}:{v}" for k, v in sorted(value.items())) + "]"
