@@ -75,7 +75,7 @@ async def _supervise(program: str, main: Main, argv: list[str]) -> int:
         except SystemExit as exit_:  # parse_or_exit inside main: keep it out of the event loop
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
 
-    task = asyncio.get_running_loop().create_task(guarded(), name=f"{program} main")
+    task = loop.create_task(guarded(), name=f"{program} main")
 
     def on_signal(sig: signal.Signals) -> None:
         if signals:

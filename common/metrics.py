@@ -174,7 +174,7 @@ class Metrics:
     """
 
     def __init__(self, *, process_collector: bool = True, alpha_start_time: bool = True) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # no auto_describe: probes run only at scrape time
         reg = self.registry
         self.registry.register(_ProcessMetrics(full=process_collector, alpha_start_time=alpha_start_time))
         self._operations = Histogram(
