@@ -226,7 +226,14 @@ def test_provisioner_and_capacity_metrics() -> None:
     metrics.record_provision_failed(class_name="fast", source="")
     metrics.record_deleted(class_name="fast", seconds=0.3)
     metrics.record_delete_failed(class_name="fast")
-    metrics.watch_capacity(lambda: (4, 3, 1))
+    probed: list[int] = []
+
+    def capacity() -> tuple[int, int, int]:
+        probed.append(1)
+        return 4, 3, 1
+
+    metrics.watch_capacity(capacity)
+    assert probed == []  # read at scrape time only
     metrics.record_csi_reconnect(driver_name="hostpath.csi.k8s.io")
     text = metrics.render()[0].decode()
     for line in [
