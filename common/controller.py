@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TypeVar
 
 from common.logging import enabled, get_logger
+from common.tasks import cancel_and_wait, spawn
 from common.workqueue import ShutDown, WorkQueue
 
 K = TypeVar("K", bound=Hashable)
@@ -91,6 +92,9 @@ def _failed(queue: WorkQueue[K], key: K, exc: Exception, *, name: str, give_up_a
     queue.add_rate_limited(key)
 
 
+DRAIN_TIMEOUT = 10.0
+
+
 async def run_workers(
     queue: WorkQueue[K],
     sync: Callable[[K], Awaitable[None]],
@@ -98,9 +102,28 @@ async def run_workers(
     name: str,
     count: int,
     give_up_after: int | None = None,
+    drain_timeout: float = DRAIN_TIMEOUT,
 ) -> None:
-    """Run `count` workers named ``worker <name>-<i>`` until the queue shuts down (or we are cancelled)."""
-    async with asyncio.TaskGroup() as group:
-        for i in range(count):
-            worker = run_worker(queue, sync, name=name, give_up_after=give_up_after)
-            group.create_task(worker, name=f"worker {name}-{i}")
+    """Run `count` workers named ``worker <name>-<i>`` until the queue shuts down or we are cancelled.
+
+    Cancellation is the staged shutdown: the queue stops taking keys and the workers get up to
+    `drain_timeout` seconds to finish what they hold (a half-done CSI call is worth finishing); then
+    whatever still runs is cancelled.
+    """
+    workers = {
+        spawn(run_worker(queue, sync, name=name, give_up_after=give_up_after), name=f"worker {name}-{i}")
+        for i in range(count)
+    }
+    try:
+        await asyncio.wait(workers)  # unlike gather, a cancelled wait leaves the workers running
+    except asyncio.CancelledError:
+        try:
+            async with asyncio.timeout(drain_timeout):
+                await queue.shutdown(drain=True)
+        except TimeoutError:
+            log.warning(
+                "workers did not finish in time, cancelling them", controller=name, queued=queue.len()
+            )
+        raise
+    finally:
+        await cancel_and_wait(workers, msg=f"controller {name} stopped")
