@@ -264,6 +264,10 @@ class Flags:
             raise TypeError(f"flag {name} holds a {type(found).__name__}, not {cls.__name__}")
         return found
 
+    def defined(self, name: str) -> bool:
+        """Whether this program has flag `name` at all."""
+        return self._flagset.defined(name)
+
     def is_set(self, name: str) -> bool:
         """Whether the command line set flag `name` (even to its default)."""
         self._flagset._flag(name)
