@@ -15,7 +15,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import grpc
@@ -112,7 +112,7 @@ class TestDriver:
 
     def dump(self) -> dict[str, Any]:
         """Everything observable, JSON-friendly (the control endpoint's GET /state)."""
-        config = asdict(self.config)
+        config = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
         config["nodes"] = {k: dict(v) for k, v in self.config.nodes.items()}
         for key in ("controller_capabilities", "node_capabilities", "accepted_mutable_parameters"):
             config[key] = sorted(config[key])
