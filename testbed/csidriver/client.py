@@ -25,7 +25,7 @@ class Stubs:
 @asynccontextmanager
 async def connect(address: str) -> AsyncIterator[Stubs]:
     """Open a channel to `address` ("unix:///path/csi.sock") and close it on exit."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         yield Stubs(
             channel=channel,
             identity=csi_pb2_grpc.IdentityStub(channel),

@@ -146,13 +146,14 @@ class TestDriver:
         log.info("test driver serving", endpoint=self.endpoint, driver=self.config.name)
 
     async def stop(self) -> None:
-        """Stop serving for good: cancel a pending restart, close the server, remove the socket."""
+        """Stop serving for good: cancel a pending restart, close the server (in-flight calls get
+        0.1 s to finish), remove the socket."""
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel("test driver stopped")
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._go_down()
+        await self._go_down(grace=0.1)
 
     async def crash(self, *, restart_after: float | None = None, keep_state: bool = True) -> None:
         """Go down now like a killed driver: in-flight calls fail, the socket is removed.
@@ -202,11 +203,12 @@ class TestDriver:
         await asyncio.sleep(delay)
         await self.start()
 
-    async def _go_down(self) -> None:
+    async def _go_down(self, grace: float | None = None) -> None:
+        """Stop the server (cancelling in-flight calls after `grace` seconds) and remove the socket."""
         async with self._lock:
             self._up.clear()
             if self._server is not None:
-                await self._server.stop(None)
+                await self._server.stop(grace)
                 self._server = None
                 log.info("test driver stopped serving", endpoint=self.endpoint)
             if self.endpoint is not None:

@@ -6,14 +6,16 @@ matches (`match`: request field → value, dotted paths and map keys allowed, e.
 ``{"name": "pvc-1"}`` or ``{"parameters.type": "slow"}``; or a predicate on the request). The first
 active rule that matches a call applies to it; a rule whose count runs out disappears.
 
-Kinds (every kind first sleeps `delay` seconds when set):
+Kinds (every kind first sleeps `delay` seconds when set, before doing any work):
 
-* ``delay`` — then answer normally.
+* ``delay`` — then do the work and answer normally (a client that gives up during the delay leaves
+  nothing behind).
 * ``error`` — answer `code` / `message` without doing anything.
 * ``hang`` — never answer; the call ends when the client cancels or its deadline passes.
-* ``succeed_then_timeout`` — do the work (a CreateVolume really creates the volume), then never answer
-  (`timeout` None) or answer DEADLINE_EXCEEDED after `timeout` seconds. This is the lost-response
-  case that makes a provisioner leak volumes if it does not retry with the same name.
+* ``succeed_then_timeout`` — do the work (a CreateVolume really creates the volume), then, whatever
+  its outcome, never answer (`timeout` None) or answer DEADLINE_EXCEEDED after `timeout` seconds.
+  This is the lost-response case that makes a provisioner leak volumes if it does not retry with the
+  same name.
 * ``crash`` — the driver stops serving (server closed, socket removed; in-flight calls fail
   UNAVAILABLE) and comes back on the same socket after `restart_after` seconds (None: stays down), with
   its volumes kept (`keep_state`) or lost.

@@ -204,6 +204,7 @@ async def test_call_log_counts_and_strips_secrets_in_dumps(driver: TestDriver, c
     await csi.identity.Probe(csi_pb2.ProbeRequest())
     assert driver.calls.counts == {"CreateVolume": 1, "Probe": 2}
     [call] = driver.calls.of("CreateVolume")
+    assert isinstance(call.request, csi_pb2.CreateVolumeRequest)
     assert call.ok and call.request.secrets["password"] == "hunter2"
     dumped = call.as_dict()
     assert dumped["request"]["secrets"] == STRIPPED and dumped["request"]["name"] == "pvc-1"

@@ -88,6 +88,18 @@ async def test_control_endpoint_drives_an_in_process_driver(tmp_path: Path) -> N
         assert len(driver.calls) == 0 and len(driver.volumes) == 1
 
 
+async def test_start_replaces_a_stale_socket_and_needs_an_endpoint(tmp_path: Path) -> None:
+    stale = tmp_path / "sub" / "csi.sock"
+    stale.parent.mkdir()
+    stale.write_text("left over by a killed driver")
+    driver = TestDriver()
+    with pytest.raises(ValueError, match="no endpoint"):
+        await driver.start()
+    async with driver.serve(f"unix:{stale}"), connect(driver.address) as csi:
+        assert (await csi.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest())).name
+    assert not exists(stale)
+
+
 def test_parse_address() -> None:
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_address("[::1]:8080") == ("::1", 8080)
