@@ -137,14 +137,19 @@ class Runtime:
         use_kubeconfig_env: bool = False,
         resync: float = 0.0,
         metrics: Metrics | None = None,
+        max_log_length: int = -1,
     ) -> AsyncIterator[Runtime]:
-        """Connect to the driver and the API server; close both on exit."""
+        """Connect to the driver and the API server; close both on exit.
+
+        `max_log_length` caps the logged gRPC responses (the attacher's `--max-grpc-log-length`; -1: no cap).
+        """
         metrics = metrics or Metrics()
         csi = await CSIConnection.connect(
             config.csi_address,
             call_timeout=config.timeout,
             connect_timeout=CSI_CONNECT_TIMEOUT,
             recorder=metrics,
+            max_log_length=max_log_length,
         )
         try:
             await csi.probe_forever()
