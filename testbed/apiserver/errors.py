@@ -229,7 +229,8 @@ def precondition_conflict(kind: str, group: str, name: str, detail: str) -> Conf
 
 def invalid(kind: str, group: str, name: str, causes: list[Cause]) -> Invalid:
     """`Kind "name" is invalid: cause` or `...: [c1, c2]`, with `details.causes` (golden 23, 38, 41)."""
-    rendered = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(str(c) for c in causes) + "]"
+    unique = list(dict.fromkeys(str(c) for c in causes))  # `ErrorList.ToAggregate` drops repeated messages
+    rendered = unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
     details = _resource_details(name, kind, group)
     details["causes"] = [c.as_dict() for c in causes]
     return Invalid(f'{_qualified(kind, group)} "{name}" is invalid: {rendered}', details=details)

@@ -137,7 +137,7 @@ class ApiServer:
         )
         await runner.setup()
         ssl_context = self._tls.server_context() if self._tls else None
-        await web.SockSite(runner, sock, ssl_context=ssl_context, shutdown_timeout=1.0).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         self._runner = runner
         log.info("test-bed API server listening on %s", self.url)
 
