@@ -64,7 +64,13 @@ def scrub(value: Any) -> Any:
     """Replace what may differ between runs (README of the golden file) with placeholders."""
     if isinstance(value, dict):
         out = {k: scrub(v) for k, v in value.items() if k != "managedFields"}
-        for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "lastPhaseTransitionTime"):
+        for key in (
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "lastPhaseTransitionTime",
+        ):
             if key in out and out[key] is not None:
                 out[key] = f"<{key}>"
         if "generateName" in out and str(out.get("name", "")).startswith(out["generateName"]):
@@ -96,7 +102,10 @@ def map_resource_versions(golden: Any, actual: Any, mapping: dict[str, str]) -> 
 
 def rewrite(value: Any, mapping: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        return {k: (mapping.get(v, v) if k == "resourceVersion" else rewrite(v, mapping)) for k, v in value.items()}
+        return {
+            k: (mapping.get(v, v) if k == "resourceVersion" else rewrite(v, mapping))
+            for k, v in value.items()
+        }
     return value
 
 
@@ -120,10 +129,17 @@ async def replay() -> list[tuple[int, Any]]:
     """Send every golden request in order; return (status, body or watch lines) for each."""
     results: list[tuple[int, Any]] = []
     mapping: dict[str, str] = {}
-    async with ApiServer(bookmark_interval=3600) as server, aiohttp.ClientSession(base_url=server.url) as http:
+    async with (
+        ApiServer(bookmark_interval=3600) as server,
+        aiohttp.ClientSession(base_url=server.url) as http,
+    ):
         for index, case in enumerate(CASES):
             request, expected = case["request"], case["response"]
-            path = re.sub(r"resourceVersion=(\d+)", lambda m: f"resourceVersion={mapping.get(m[1], m[1])}", request["path"])
+            path = re.sub(
+                r"resourceVersion=(\d+)",
+                lambda m: f"resourceVersion={mapping.get(m[1], m[1])}",
+                request["path"],
+            )
             if "stream_lines" in expected:
                 results.append(await read_watch(http, path, len(expected["stream_lines"])))
                 continue
@@ -163,15 +179,21 @@ def check_discovery(index: int, expected: dict[str, Any], actual: dict[str, Any]
         ours, theirs = _by_name(actual["resources"]), _by_name(expected["resources"])
         for name, entry in ours.items():
             assert entry == theirs[name], name
-        needed = "persistentvolumeclaims persistentvolumeclaims/status persistentvolumes persistentvolumes/status"
-        needed += " pods pods/status nodes nodes/status namespaces namespaces/status secrets events configmaps"
+        needed = (
+            "persistentvolumeclaims persistentvolumeclaims/status persistentvolumes persistentvolumes/status"
+        )
+        needed += (
+            " pods pods/status nodes nodes/status namespaces namespaces/status secrets events configmaps"
+        )
         assert set(needed.split()) <= set(ours)
         assert actual["kind"] == expected["kind"] and actual.keys() == expected.keys()
     else:
         assert scrub(actual) == scrub(expected)
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i:02d}-{c['name']}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "index", range(len(CASES)), ids=[f"{i:02d}-{c['name']}" for i, c in enumerate(CASES)]
+)
 def test_golden_case(replayed: list[tuple[int, Any]], index: int) -> None:
     expected = CASES[index]["response"]
     status, actual = replayed[index]
