@@ -21,3 +21,11 @@ async def _no_pending_tasks() -> AsyncIterator[None]:
         await asyncio.gather(*leftover, return_exceptions=True)
         names = sorted(t.get_name() for t in leftover)
         pytest.fail(f"test left tasks running: {names}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Expose each phase's report on the test item (`item.rep_call`) so fixtures can tell a failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,124 @@
+"""Test kit shared by integration tests: poll-until, short socket dirs, and real sidecar processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
+    """Call `probe` until it returns a truthy value (returned) or `timeout` passes (AssertionError).
+
+    An exception from `probe` counts as "not yet"; the last one is reported on timeout.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+        except AssertionError as exc:
+            last = exc
+        except Exception as exc:
+            last = exc
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def short_tempdir(prefix: str = "csi") -> Path:
+    """A temporary directory with a short path: unix socket paths must stay under 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+class SidecarProcess:
+    """A real sidecar entrypoint (`python -m sidecars.<name> ...`) run as a subprocess.
+
+    Output (stdout+stderr) goes to a log file so a test can read it and a failing test can show it.
+    """
+
+    def __init__(self, module: str, args: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None):
+        self.module = module
+        self.args = list(args)
+        self.log_path = log_dir / f"{module.replace('.', '_')}-{os.getpid()}-{id(self):x}.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SidecarProcess:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        code = await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
+        return code
+
+    async def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code (SIGKILL and fail if it does not exit in time)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.wait(5)
+            raise AssertionError(
+                f"{self.module} did not exit within {timeout}s of SIGTERM:\n{self.log()[-4000:]}"
+            ) from None
+
+    async def kill(self) -> int:
+        """SIGKILL (a crash), and wait."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return await self.wait(5)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
