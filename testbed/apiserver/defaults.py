@@ -67,6 +67,16 @@ def pvc_defaults(obj: dict[str, Any]) -> None:
     status = obj.setdefault("status", {})
     status.setdefault("phase", "Pending")
     _normalize_conditions(status)
+    _omit_empty(
+        status, "accessModes", "capacity", "conditions", "allocatedResources", "allocatedResourceStatuses"
+    )
+
+
+def _omit_empty(holder: dict[str, Any], *keys: str) -> None:
+    """Drop empty maps and lists of `omitempty` fields, as the server's JSON encoding does."""
+    for key in keys:
+        if key in holder and not holder[key]:
+            del holder[key]
 
 
 def pvc_create(obj: dict[str, Any], now: float) -> None:
@@ -211,6 +221,7 @@ def storage_class_defaults(obj: dict[str, Any]) -> None:
 def volume_attachment_defaults(obj: dict[str, Any]) -> None:
     status = obj.setdefault("status", {})
     status.setdefault("attached", False)
+    _omit_empty(status, "attachmentMetadata")
     for key in ("attachError", "detachError"):
         normalize_time(status.get(key), "time")
 

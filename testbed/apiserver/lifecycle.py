@@ -100,6 +100,7 @@ def prepare_create(rtype: ResourceType, obj: Obj, *, namespace: str, now: float,
         meta["generation"] = 1
     if rtype.prepare_create:
         rtype.prepare_create(obj, now)
+    prune_nulls(obj)
     if rtype.defaults:
         rtype.defaults(obj)
     return obj
@@ -145,9 +146,22 @@ def prepare_update(rtype: ResourceType, old: Obj, new: Obj, *, subresource: str,
             meta["generation"] += 1
     if rtype.prepare_update and subresource != "finalize":
         rtype.prepare_update(new, old, now)
+    prune_nulls(new)
     if rtype.defaults:
         rtype.defaults(new)
     return new
+
+
+def prune_nulls(value: Any) -> None:
+    """Drop `null` fields, as decoding into Go types does (a nil pointer or zero value is omitted)."""
+    if isinstance(value, dict):
+        for key in [k for k, v in value.items() if v is None]:
+            del value[key]
+        for item in value.values():
+            prune_nulls(item)
+    elif isinstance(value, list):
+        for item in value:
+            prune_nulls(item)
 
 
 def _copy_key(source: Obj, target: Obj, key: str) -> None:
