@@ -30,6 +30,8 @@ PATCH_TYPES = {
     "application/merge-patch+json": "merge",
     "application/strategic-merge-patch+json": "strategic",
 }
+USER = web.RequestKey("user", str)
+"""Who sent the request, when the server authenticates (for the request log)."""
 MIN_REQUEST_TIMEOUT = 1800.0
 """kube-apiserver's `--min-request-timeout`: a watch without timeoutSeconds ends after 1-2x this."""
 
@@ -108,7 +110,7 @@ class ApiHandler:
             name=info.name,
             code=code,
             user_agent=request.headers.get("User-Agent", ""),
-            user=request.get("user", ""),
+            user=request.get(USER, ""),
             path=request.path_qs,
             duration=duration,
         )

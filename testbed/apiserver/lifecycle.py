@@ -57,9 +57,16 @@ def generate_name(base: str, rng: random.Random) -> str:
 
 
 def check_type(rtype: ResourceType, obj: Any) -> Obj:
-    """The body must be an object of this resource's kind and version (400 otherwise)."""
+    """The body must be an object of this resource's kind and version (400 otherwise).
+
+    Built-in kinds may omit `kind` and `apiVersion` (the server decodes with the endpoint's as default);
+    custom resources are decoded as unstructured objects, which need them.
+    """
     if not isinstance(obj, dict):
         raise errors.BadRequest("the body of the request must be a JSON object")
+    if not rtype.custom:
+        obj.setdefault("kind", rtype.kind)
+        obj.setdefault("apiVersion", rtype.api_version)
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if not kind:
         raise errors.BadRequest(f"Object 'Kind' is missing in '{errors.go_value(obj)}'")

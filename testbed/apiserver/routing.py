@@ -44,11 +44,14 @@ _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 
 
 def _verb(method: str, *, named: bool, watch: bool) -> str:
+    """The request's verb; MethodNotAllowed (405) for a method the path does not take."""
     if method in ("GET", "HEAD"):
         return "get" if named else ("watch" if watch else "list")
     if method == "DELETE":
         return "delete" if named else "deletecollection"
-    return _METHOD_VERBS.get(method, method.lower())
+    if method not in _METHOD_VERBS or (method == "POST") == named:
+        raise errors.method_not_allowed()
+    return _METHOD_VERBS[method]
 
 
 def is_watch(query: Mapping[str, str]) -> bool:

@@ -32,7 +32,7 @@ from aiohttp import web
 from testbed.apiserver import errors, kubeconfig, tls
 from testbed.apiserver.control import ControlApi
 from testbed.apiserver.faults import Faults
-from testbed.apiserver.handlers import ApiHandler, error_response
+from testbed.apiserver.handlers import USER, ApiHandler, error_response
 from testbed.apiserver.requestlog import RequestLog
 from testbed.apiserver.store import Store
 
@@ -167,7 +167,7 @@ class ApiServer:
         if self.token is not None and not request.path.startswith(_ANONYMOUS_PATHS):
             if request.headers.get("Authorization", "") != f"Bearer {self.token}":
                 return error_response(errors.Unauthorized("Unauthorized", details=None))
-            request["user"] = "testbed-admin"
+            request[USER] = "testbed-admin"
         response: web.StreamResponse = await handler(request)
         return response
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -23,6 +23,12 @@ async def kube_client(server: ApiServer) -> client.ApiClient:
     configuration = client.Configuration()
     await config.load_kube_config(config_file=str(server.kubeconfig), client_configuration=configuration)
     return client.ApiClient(configuration)
+
+
+@pytest.fixture
+def kube_client_for() -> Callable[[ApiServer], Awaitable[client.ApiClient]]:
+    """`await kube_client_for(server)`: a client of another server than the `apiserver` fixture (close it)."""
+    return kube_client
 
 
 @pytest.fixture
