@@ -127,11 +127,15 @@ class ModifyController:
 
     async def run(self) -> None:
         log.info("starting external resizer for modify volume", controller=self.driver)
-        for pvc in self.claims.store:  # initUncertainPVCs
+        self.init_uncertain()
+        await run_workers(self.queue, self.sync, name=self.name, count=self.config.workers)
+
+    def init_uncertain(self) -> None:
+        """initUncertainPVCs: claims left InProgress/Infeasible by a previous leader keep their target."""
+        for pvc in self.claims.store:
             status = v.modify_status(pvc)
             if status and status.get("status") in (v.IN_PROGRESS, v.INFEASIBLE):
                 self.uncertain[object_key(pvc)] = pvc
-        await run_workers(self.queue, self.sync, name=self.name, count=self.config.workers)
 
     async def sync(self, key: str) -> None:
         log.info("started PVC processing for modify controller", key=key, v=4)
