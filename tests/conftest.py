@@ -7,6 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from common.logging import configure
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log like a sidecar at --v=2 (pytest captures it and shows it for failing tests)."""
+    configure(verbosity=2, fmt="text", console=False)
+
 
 @pytest.fixture(autouse=True)
 async def _no_pending_tasks() -> AsyncIterator[None]:

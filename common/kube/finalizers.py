@@ -4,16 +4,22 @@ Two sidecars merge-patching `metadata.finalizers` from stale caches drop each ot
 (external-provisioner#1217). So, as external-attacher does, finalizers change only through JSON
 patches that carry `test` operations: the patch applies only if the list on the server is still the
 one we decided on; otherwise the server answers 422, we read the object again and decide again.
+
+The decision starts from the object the caller passes (usually an informer's copy). If that copy
+says there is nothing to do, nothing is sent: a copy that is behind will be followed by an informer
+event for the newer object, and the controller's next sync acts on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any
 
 from common.kube.client import ApiError, KubeClient
 from common.kube.resources import Resource
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8
 
 
 def finalizers_of(obj: dict[str, Any]) -> list[str]:
@@ -53,7 +59,7 @@ async def _change(
 ) -> dict[str, Any]:
     meta = obj["metadata"]
     name, namespace = meta["name"], meta.get("namespace")
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
         patch = add_patch(obj, finalizer) if add else remove_patch(obj, finalizer)
         if patch is None:
             return obj
@@ -62,6 +68,7 @@ async def _change(
         except ApiError as exc:
             if not (exc.invalid or exc.conflict):
                 raise
+            await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # let the other writer finish
             obj = await client.get(resource, name, namespace=namespace)  # our view was stale
     raise ApiError(409, "Conflict", f"{resource} {name}: finalizer {finalizer} kept changing under us")
 
