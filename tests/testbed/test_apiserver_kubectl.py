@@ -1,4 +1,4 @@
-"""The real kubectl against the test bed, with the kubeconfig it writes: what works on a cluster works here."""
+"""The real kubectl against the test bed, through its kubeconfig: what works on a cluster works here."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ async def test_watch_with_output_watch_events(kubectl: Kubectl, apiserver: ApiSe
         await apiserver.store.create("persistentvolumeclaims", body, namespace="default")
         await apiserver.store.delete("persistentvolumeclaims", "data", namespace="default")
         assert process.stdout is not None
-        decoder, text, events = json.JSONDecoder(), "", []
+        decoder, text = json.JSONDecoder(), ""
+        events: list[dict[str, Any]] = []
         async with asyncio.timeout(10):
             while len(events) < 2:
                 text += (await process.stdout.read(4096)).decode()
