@@ -87,18 +87,33 @@ def error_patch(field: str, message: str, *, code: int | None = None, time: str 
 
 
 def metadata_patch(va: Mapping[str, Any], finalizer: str, node_id: str) -> list[Object] | None:
-    """One guarded JSON patch adding our finalizer and the node-id annotation; None if both are there."""
-    ops = add_patch(dict(va), finalizer) or []
+    """One guarded JSON patch adding our finalizer and the node-id annotation; None if both are there.
+
+    An existing finalizer list is guarded by a `test` of its value (as `common.kube.finalizers`). Adding
+    a list or an annotation map that the cached object lacks is guarded by a `test` of the cached
+    resourceVersion instead: kube-apiserver would also accept `test` of `null` for a missing key
+    (evanphx/json-patch), but not every server does, and the resourceVersion guard is just as safe.
+    """
+    ops: list[Object] = []
+    creates = False
+    if finalizer not in finalizers_of(dict(va)):
+        ops += add_patch(dict(va), finalizer) or []
+        creates = not finalizers_of(dict(va))
     annotations = meta(va).get("annotations")
     if not annotations:
-        ops += [
-            {"op": "test", "path": "/metadata/annotations", "value": None},
-            {"op": "add", "path": "/metadata/annotations", "value": {NODE_ID_ANNOTATION: node_id}},
-        ]
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {NODE_ID_ANNOTATION: node_id}})
+        creates = True
     elif annotations.get(NODE_ID_ANNOTATION) != node_id:
         path = "/metadata/annotations/" + NODE_ID_ANNOTATION.replace("~", "~0").replace("/", "~1")
         ops.append({"op": "add", "path": path, "value": node_id})
-    return ops or None
+    if not ops:
+        return None
+    rv = meta(va).get("resourceVersion")
+    ops = [op for op in ops if not (op["op"] == "test" and op["value"] is None)]
+    if creates:
+        guard = {"op": "test", "path": "/metadata/resourceVersion", "value": rv}
+        ops.insert(0, guard)
+    return ops
 
 
 def has_finalizer(obj: Mapping[str, Any], finalizer: str) -> bool:

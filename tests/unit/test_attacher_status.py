@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_attacher_fakes import FINALIZER, evanphx_json_patch, va
 
 from sidecars.attacher.request import NODE_ID_ANNOTATION
@@ -17,7 +18,7 @@ from sidecars.attacher.status import (
     metadata_patch,
     should_enqueue,
 )
-from testbed.apiserver.patch import merge_patch
+from testbed.apiserver.patch import PatchError, merge_patch
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 
@@ -94,11 +95,11 @@ def test_detached_patch_clears_metadata_and_detach_error() -> None:
 
 def test_metadata_patch_is_guarded_and_only_sends_what_is_missing() -> None:
     obj = va()
+    obj["metadata"]["resourceVersion"] = "7"
     ops = metadata_patch(obj, FINALIZER, "node-1")
     assert ops == [
-        {"op": "test", "path": "/metadata/finalizers", "value": None},
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
         {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        {"op": "test", "path": "/metadata/annotations", "value": None},
         {"op": "add", "path": "/metadata/annotations", "value": {NODE_ID_ANNOTATION: "node-1"}},
     ]
     done = evanphx_json_patch(obj, ops)
@@ -114,6 +115,17 @@ def test_metadata_patch_is_guarded_and_only_sends_what_is_missing() -> None:
     patched = evanphx_json_patch(other, ops)
     assert patched["metadata"]["finalizers"] == ["keep/me", FINALIZER]
     assert patched["metadata"]["annotations"] == {"a": "b", NODE_ID_ANNOTATION: "n"}
+
+
+def test_metadata_patch_on_a_stale_cache_does_not_apply() -> None:
+    cached = va()
+    cached["metadata"]["resourceVersion"] = "7"
+    server = json.loads(json.dumps(cached))
+    server["metadata"].update(resourceVersion="8", finalizers=["someone/else"])
+    ops = metadata_patch(cached, FINALIZER, "node-1")
+    assert ops is not None
+    with pytest.raises(PatchError):
+        evanphx_json_patch(server, ops)
 
 
 def _version(obj: dict[str, Any], rv: str, **status: Any) -> dict[str, Any]:
