@@ -1,0 +1,170 @@
+"""csi-provisioner's command line: every upstream flag accepted, upstream defaults, both spellings."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from common.errors import ConfigError, FlagError
+from common.flags import apply_logging_flags
+from common.logging import configure
+from sidecars.provisioner.cli import ProvisionerConfig, build_flagset
+
+# REFERENCE §0.2 and §1.1: every flag external-provisioner v6.3 accepts.
+UPSTREAM_FLAGS = [
+    "version",
+    "kubeconfig",
+    "csi-address",
+    "timeout",
+    "leader-election",
+    "leader-election-namespace",
+    "leader-election-lease-duration",
+    "leader-election-renew-deadline",
+    "leader-election-retry-period",
+    "leader-election-labels",
+    "kube-api-qps",
+    "kube-api-burst",
+    "http-endpoint",
+    "metrics-address",
+    "metrics-path",
+    "automaxprocs",
+    "v",
+    "vmodule",
+    "logging-format",
+    "log-flush-frequency",
+    "feature-gates",
+    "master",
+    "volume-name-prefix",
+    "volume-name-uuid-length",
+    "retry-interval-start",
+    "retry-interval-max",
+    "worker-threads",
+    "cloning-protection-threads",
+    "snapshot-orphan-sweep-interval",
+    "capacity-threads",
+    "strict-topology",
+    "immediate-topology",
+    "extra-create-metadata",
+    "enable-pprof",
+    "default-fstype",
+    "kube-api-capacity-qps",
+    "kube-api-capacity-burst",
+    "enable-capacity",
+    "capacity-for-immediate-binding",
+    "capacity-poll-interval",
+    "capacity-ownerref-level",
+    "node-deployment",
+    "node-deployment-immediate-binding",
+    "node-deployment-base-delay",
+    "node-deployment-max-delay",
+    "controller-publish-readonly",
+    "prevent-volume-mode-conversion",
+]
+
+
+def config(*argv: str) -> ProvisionerConfig:
+    return ProvisionerConfig.from_flags(build_flagset().parse(list(argv)))
+
+
+def test_every_upstream_flag_is_defined() -> None:
+    fs = build_flagset()
+    assert [name for name in UPSTREAM_FLAGS if not fs.defined(name)] == []
+
+
+def test_defaults_are_upstream_defaults() -> None:
+    cfg = config()
+    assert cfg.standard.timeout == 10.0
+    assert cfg.standard.csi_address == "/run/csi/socket"
+    assert (cfg.standard.kube_api_qps, cfg.standard.kube_api_burst) == (5.0, 10)
+    assert cfg.worker_threads == 100
+    assert (cfg.volume_name_prefix, cfg.volume_name_uuid_length) == ("pvc", -1)
+    assert (cfg.retry_interval_start, cfg.retry_interval_max) == (1.0, 300.0)
+    assert (cfg.strict_topology, cfg.immediate_topology) == (False, True)
+    assert (cfg.extra_create_metadata, cfg.default_fstype, cfg.controller_publish_readonly) == (
+        False,
+        "",
+        False,
+    )
+    assert cfg.persist_provisioning_intent is True
+    assert (cfg.topology, cfg.volume_attributes_class, cfg.cross_namespace_data_source) == (True, True, False)
+
+
+def test_pflag_and_go_flag_spellings_both_work() -> None:
+    a = config("--csi-address=/csi/a.sock", "--worker-threads", "7", "--strict-topology", "--timeout=30s")
+    b = config("-csi-address", "/csi/a.sock", "-worker-threads=7", "-strict-topology=true", "-timeout", "30s")
+    assert a == b
+    assert (a.standard.csi_address, a.worker_threads, a.strict_topology, a.standard.timeout) == (
+        "/csi/a.sock",
+        7,
+        True,
+        30.0,
+    )
+
+
+def test_flag_values_reach_the_config() -> None:
+    cfg = config(
+        "--master=http://127.0.0.1:8080",
+        "--volume-name-prefix=vol",
+        "--volume-name-uuid-length=8",
+        "--retry-interval-start=2s",
+        "--retry-interval-max=1m",
+        "--immediate-topology=false",
+        "--extra-create-metadata",
+        "--default-fstype=ext4",
+        "--controller-publish-readonly",
+        "--persist-provisioning-intent=false",
+        "--feature-gates=Topology=false,CrossNamespaceVolumeDataSource=true",
+        "--kube-api-qps=1000",
+        "--kube-api-burst=2000",
+    )
+    assert cfg.standard.master == "http://127.0.0.1:8080"
+    assert (cfg.volume_name_prefix, cfg.volume_name_uuid_length) == ("vol", 8)
+    assert (cfg.retry_interval_start, cfg.retry_interval_max) == (2.0, 60.0)
+    assert not cfg.immediate_topology
+    assert cfg.extra_create_metadata and cfg.controller_publish_readonly
+    assert cfg.default_fstype == "ext4"
+    assert not cfg.persist_provisioning_intent
+    assert not cfg.topology and cfg.cross_namespace_data_source
+    assert (cfg.standard.kube_api_qps, cfg.standard.kube_api_burst) == (1000.0, 2000)
+
+
+def test_unknown_flag_and_bad_duration_are_flag_errors() -> None:
+    with pytest.raises(FlagError, match="flag provided but not defined: -provisioner"):
+        config("--provisioner=foo")  # removed in v1.x upstream: still an error
+    with pytest.raises(FlagError, match="invalid value"):
+        config("--timeout=15")
+    with pytest.raises(FlagError):
+        config("--worker-threads=-1")  # a uint, as upstream
+
+
+def test_unknown_feature_gate_is_refused() -> None:
+    with pytest.raises(FlagError, match="unrecognized feature gate: NoSuchGate"):
+        config("--feature-gates=NoSuchGate=true")
+
+
+def test_uuid_length_beyond_the_uid_is_a_config_error() -> None:
+    assert config("--volume-name-uuid-length=32").volume_name_uuid_length == 32
+    with pytest.raises(ConfigError, match="volume-name-uuid-length"):
+        config("--volume-name-uuid-length=33")
+    with pytest.raises(ConfigError):
+        config("--volume-name-uuid-length=-2")
+
+
+def test_http_endpoint_and_metrics_address_together_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        config("--http-endpoint=:8080", "--metrics-address=:8081")
+
+
+def test_unimplemented_flags_warn_when_set() -> None:
+    flags = build_flagset().parse(
+        ["--logging-format=json", "--enable-capacity", "--node-deployment", "--capacity-poll-interval=2m"]
+    )
+    out = io.StringIO()
+    try:
+        apply_logging_flags(flags, stream=out)
+    finally:
+        configure()
+    warned = {json.loads(line)["flag"] for line in out.getvalue().splitlines()}
+    assert warned == {"--enable-capacity", "--node-deployment", "--capacity-poll-interval"}
