@@ -131,18 +131,16 @@ def report(args: argparse.Namespace, results: Results, elapsed: float, delivered
     p50 = statistics.median(latencies) if latencies else 0.0
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
     print(f"test-bed API server: {args.writers} writers, {args.watchers} watches, {args.objects} objects")
-    print(
-        f"  writes:          {writes} in {elapsed:.2f} s = {writes / elapsed:.0f} writes/s ({results.failures} failed)"
-    )
+    rate = writes / elapsed
+    print(f"  writes:          {writes} in {elapsed:.2f} s = {rate:.0f} writes/s ({results.failures} failed)")
     print(f"  latency:         p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     events = sum(min(count, writes) for count in results.received)
     if delivered is None:
         print(f"  watch fan-out:   INCOMPLETE, {events} of {writes * args.watchers} events delivered")
     else:
-        rate = writes * args.watchers / delivered
-        print(
-            f"  watch fan-out:   all {writes * args.watchers} events delivered in {delivered:.2f} s ({rate:.0f} events/s)"
-        )
+        total = writes * args.watchers
+        speed = total / delivered
+        print(f"  watch fan-out:   all {total} events delivered in {delivered:.2f} s ({speed:.0f} events/s)")
 
 
 def main(argv: list[str] | None = None) -> None:
