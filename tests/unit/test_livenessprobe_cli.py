@@ -1,4 +1,4 @@
-"""livenessprobe's command line: every upstream flag, its defaults, and the flag combinations upstream refuses."""
+"""livenessprobe's command line: every upstream flag, its defaults, and the combinations upstream refuses."""
 
 from __future__ import annotations
 

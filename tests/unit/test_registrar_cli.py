@@ -1,4 +1,4 @@
-"""csi-node-driver-registrar's command line: every upstream flag, its defaults, and the checks upstream makes."""
+"""csi-node-driver-registrar's command line: every upstream flag, its defaults, and upstream's checks."""
 
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def test_info_error_verdict_uses_go_status_text() -> None:
     )
     assert info_error_verdict(error) == (
         500,
-        "error getting info from node-registrar socket: rpc error: code = Unavailable desc = connection refused",
+        "error getting info from node-registrar socket: "
+        "rpc error: code = Unavailable desc = connection refused",
     )
 
 
