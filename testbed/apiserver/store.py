@@ -192,14 +192,7 @@ class Store(DeletionMixin):
             protection=self.storage_object_in_use_protection,
         )
         name = meta.get("name") or ""
-        if name:
-            causes = validation.name_errors(name, rtype.name_style)
-        else:
-            causes = [errors.required("metadata.name", "name or generateName is required")]
-        causes += validation.metadata_errors(meta)
-        causes += rtype.validate(obj) if rtype.validate else []
-        if causes:
-            raise errors.invalid(rtype.kind, rtype.group, name, causes)
+        validation.check_create(rtype, obj)
         key = self._key(rtype, namespace, name)
         if key in self._objects[rtype.key]:
             raise errors.already_exists(rtype.plural, rtype.group, name)
@@ -259,6 +252,10 @@ class Store(DeletionMixin):
         obj = lifecycle.check_type(rtype, clone(obj))
         meta = obj.setdefault("metadata", {})
         name = meta.get("name") or ""
+        if rtype.namespaced and namespace and meta.get("namespace") not in (None, "", namespace):
+            raise errors.BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
         key, entry = self._entry(rtype, namespace or meta.get("namespace", ""), name)
         if meta.get("resourceVersion"):
             if meta["resourceVersion"] != str(entry.rv):
@@ -328,15 +325,7 @@ class Store(DeletionMixin):
             detail = f"Precondition failed: UID in precondition: {uid}, UID in object meta: {old_uid}"
             raise errors.conflict(rtype.plural, rtype.group, old["metadata"]["name"], detail)
         new = lifecycle.prepare_update(rtype, old, new, subresource=subresource, now=self.clock())
-        # ValidateObjectMetaUpdate runs twice for core kinds: generic fields, then the kind's own check.
-        causes = validation.metadata_update_errors(new, old) * (1 if rtype.group else 2)
-        causes += validation.metadata_errors(new["metadata"])
-        if rtype.validate_update:
-            causes += rtype.validate_update(new, old)
-        elif rtype.validate:
-            causes += rtype.validate(new)
-        if causes:
-            raise errors.invalid(rtype.kind, rtype.group, old["metadata"]["name"], causes)
+        validation.check_update(rtype, new, old)
         admission.admit_update(rtype, new, old, subresource=subresource, lookup=self._peek)
         new = lifecycle.normalize(new)
         if self._finalized(rtype, new, old):

@@ -10,11 +10,14 @@ store wraps them in one 422 `Invalid` answer.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.apiserver import gorender
-from testbed.apiserver.errors import Cause, forbidden, invalid_value, not_supported, required
+from testbed.apiserver.errors import Cause, forbidden, invalid, invalid_value, not_supported, required
 from testbed.apiserver.quantity import parse_quantity, storage_of
+
+if TYPE_CHECKING:
+    from testbed.apiserver.resources import ResourceType
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -41,6 +44,32 @@ LABEL_VALUE_MSG = (
     "start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used "
     "for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
 )
+
+
+def check_create(rtype: ResourceType, obj: dict[str, Any]) -> None:
+    """All create validation of `obj`; one 422 Invalid with every cause."""
+    meta = obj["metadata"]
+    name = meta.get("name") or ""
+    if name:
+        causes = name_errors(name, rtype.name_style)
+    else:
+        causes = [required("metadata.name", "name or generateName is required")]
+    causes += metadata_errors(meta)
+    causes += rtype.validate(obj) if rtype.validate else []
+    if causes:
+        raise invalid(rtype.kind, rtype.group, name, causes)
+
+
+def check_update(rtype: ResourceType, new: dict[str, Any], old: dict[str, Any]) -> None:
+    """All update validation; `ValidateObjectMetaUpdate` runs twice for core kinds (generic, then own)."""
+    causes = metadata_update_errors(new, old) * (1 if rtype.group else 2)
+    causes += metadata_errors(new["metadata"])
+    if rtype.validate_update:
+        causes += rtype.validate_update(new, old)
+    elif rtype.validate:
+        causes += rtype.validate(new)
+    if causes:
+        raise invalid(rtype.kind, rtype.group, old["metadata"]["name"], causes)
 
 
 def name_errors(name: str, style: str, field: str = "metadata.name") -> list[Cause]:
