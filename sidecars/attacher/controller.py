@@ -136,12 +136,14 @@ class AttachController:
     def _va_updated(self, old: Object, new: Object) -> None:
         if not self._ours(new):
             return
+        self.handler.latest.seen(new)
         if should_enqueue(old, new):
             self.va_queue.add(name_of(new))
         else:
             log.info("ignoring VolumeAttachment change", va=name_of(new), v=3)
 
     def _va_deleted(self, va: Object) -> None:
+        self.handler.latest.forget(name_of(va))
         if self.csi_handler is not None:
             self.csi_handler.forget(name_of(va))
         for pv in pv_index(va):
@@ -183,7 +185,7 @@ class AttachController:
             return
         if not self._ours(va):
             return
-        await self.handler.sync_va(va)
+        await self.handler.sync_va(self.handler.latest.freshest(va))
 
     async def sync_pv(self, name: str) -> None:
         """One PersistentVolume key: maybe drop our finalizer."""

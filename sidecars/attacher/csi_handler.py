@@ -36,6 +36,7 @@ from proto import csi_pb2
 from sidecars.attacher.handler import (
     PV_INDEX,
     Capabilities,
+    LatestWrites,
     Listers,
     Settings,
     SyncError,
@@ -97,6 +98,7 @@ class CSIHandler:
         self._caps = capabilities
         self._settings = settings
         self._forced: dict[str, bool] = {}
+        self.latest = LatestWrites()
 
     # -- forced syncs (the reconciler) ----------------------------------------------------------
 
@@ -134,7 +136,7 @@ class CSIHandler:
         patch = attached_patch(va, publish_context)
         if patch is not None:
             try:
-                await patch_status(self._kube, va, patch)
+                self.latest.wrote(await patch_status(self._kube, va, patch))
             except ApiError as err:
                 raise SyncError(f"failed to mark as attached: {err}") from err
         log.info("fully attached", va=name, v=4)
@@ -159,7 +161,7 @@ class CSIHandler:
         if detached:
             patch["status"].update({"attached": False, "attachmentMetadata": None})
         try:
-            await patch_status(self._kube, va, patch)
+            self.latest.wrote(await patch_status(self._kube, va, patch))
         except ApiError as save_err:
             log.info("failed to save error to VolumeAttachment", va=name_of(va), error=str(save_err), v=2)
 
@@ -216,7 +218,8 @@ class CSIHandler:
             if patch is None:
                 return va
             try:
-                return await self._kube.patch(VOLUME_ATTACHMENTS, name_of(va), patch, patch_type="json")
+                patched = await self._kube.patch(VOLUME_ATTACHMENTS, name_of(va), patch, patch_type="json")
+                return self.latest.wrote(patched)
             except ApiError as err:
                 if not (err.invalid or err.conflict):
                     raise VolumeError(f"could not save VolumeAttachment: {err}") from err
@@ -324,14 +327,16 @@ class CSIHandler:
         """markAsDetached: the finalizer comes off first, then the status says detached."""
         try:
             if has_finalizer(va, self.finalizer):
-                va = await remove_finalizer(self._kube, VOLUME_ATTACHMENTS, va, self.finalizer)
+                va = self.latest.wrote(
+                    await remove_finalizer(self._kube, VOLUME_ATTACHMENTS, va, self.finalizer)
+                )
                 if is_deleting(va) and not finalizers_of(va):
                     return  # the API server has deleted it: a status patch could only say NotFound
             elif not is_attached(va):
                 return
             patch = detached_patch(va)
             if patch is not None:
-                await patch_status(self._kube, va, patch)
+                self.latest.wrote(await patch_status(self._kube, va, patch))
         except ApiError as err:
             if err.not_found:
                 return

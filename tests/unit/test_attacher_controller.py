@@ -19,7 +19,7 @@ from common.runtime import StandardConfig
 from proto import csi_pb2
 from sidecars.attacher.cli import AttacherConfig
 from sidecars.attacher.controller import AttachController
-from sidecars.attacher.handler import Capabilities
+from sidecars.attacher.handler import Capabilities, LatestWrites
 from sidecars.attacher.reconciler import list_published, mismatches
 
 Entry = csi_pb2.ListVolumesResponse.Entry
@@ -199,3 +199,35 @@ async def test_reconnect_queues_the_vas_with_work_left() -> None:
     [callback] = csi.callbacks
     await callback()
     assert sorted(queued(ctrl.va_queue)) == ["detaching", "pending"]
+
+
+def _at(rv: str, **status: Any) -> dict[str, Any]:
+    obj = va(**status)
+    obj["metadata"]["resourceVersion"] = rv
+    return obj
+
+
+def test_latest_writes_win_over_a_stale_cache_until_the_informer_catches_up() -> None:
+    latest = LatestWrites()
+    latest.wrote(_at("12", attached=True))
+    assert latest.freshest(_at("10"))["status"]["attached"] is True  # cache behind our write
+    latest.seen(_at("11"))  # an older event arrives: keep ours
+    assert latest.freshest(_at("11"))["metadata"]["resourceVersion"] == "12"
+    latest.seen(_at("12", attached=True))
+    assert len(latest) == 0
+    assert latest.freshest(_at("10"))["metadata"]["resourceVersion"] == "10"
+    latest.wrote({"metadata": {"name": "golden-va", "resourceVersion": "opaque"}})
+    assert len(latest) == 0  # not comparable: the cache is used, as upstream
+
+
+async def test_a_requeue_from_our_own_write_does_not_publish_twice() -> None:
+    cluster = Cluster()
+    cluster.add(PERSISTENT_VOLUMES, pv())
+    cluster.add(CSI_NODES, csinode())
+    stale = cluster.add(VOLUME_ATTACHMENTS, va())
+    csi = FakeCSI()
+    ctrl = controller(cluster, csi, caps=Capabilities())
+    await ctrl.sync_va("golden-va")
+    assert cluster.factory.informer(VOLUME_ATTACHMENTS).get("golden-va") == stale  # the cache lags
+    await ctrl.sync_va("golden-va")
+    assert csi.methods() == ["ControllerPublishVolume"]
