@@ -32,6 +32,7 @@ PATCH_TYPES = {
 }
 USER = web.RequestKey("user", str)
 """Who sent the request, when the server authenticates (for the request log)."""
+RECORDED = web.RequestKey("recorded", bool)
 MIN_REQUEST_TIMEOUT = 1800.0
 """kube-apiserver's `--min-request-timeout`: a watch without timeoutSeconds ends after 1-2x this."""
 
@@ -96,7 +97,7 @@ class ApiHandler:
             code = exc.code
             return error_response(exc)
         finally:
-            if not request.path.startswith(("/healthz", "/livez", "/readyz")):
+            if not request.get(RECORDED) and not request.path.startswith(("/healthz", "/livez", "/readyz")):
                 self._record(request, info, code, loop.time() - started)
 
     def _record(self, request: web.Request, info: RequestInfo, code: int, duration: float) -> None:
@@ -268,6 +269,8 @@ class ApiHandler:
             return await self._stream(request, [dumps({"type": "ERROR", "object": exc.status}) + b"\n"])
         deadline = asyncio.get_running_loop().time() + seconds
         response = await self._stream(request, [], eof=False)
+        self._record(request, info, 200, 0.0)  # counted when it starts, not when it ends
+        request[RECORDED] = True
         try:
             while (chunk := await watch.next_lines(deadline)) is not None:
                 await response.write(chunk)

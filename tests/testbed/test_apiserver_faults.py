@@ -152,6 +152,9 @@ async def test_fault_endpoints_over_http(apiserver: ApiServer, http: aiohttp.Cli
 async def test_close_watches_and_restart_over_http(apiserver: ApiServer, http: aiohttp.ClientSession) -> None:
     rv = apiserver.store.resource_version
     async with http.get(f"{PVCS}?watch=true&resourceVersion={rv}") as watch:
+        assert apiserver.requests.count(verb="watch", resource="persistentvolumeclaims") == 1, (
+            "counted when open"
+        )
         async with http.post("/testbed/watches/close") as response:
             assert (await response.json()) == {"closed": 1}
         assert await asyncio.wait_for(watch.read(), 2) == b""
