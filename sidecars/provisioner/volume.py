@@ -18,6 +18,7 @@ CreateVolume answer:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from common.quantity import format_quantity
@@ -48,29 +49,36 @@ def read_only(prepared: Prepared, *, controller_publish_readonly: bool) -> bool:
     return controller_publish_readonly and len(caps) == 1 and caps[0].access_mode.mode == rox
 
 
+@dataclass(frozen=True, kw_only=True)
+class PVSettings:
+    """What every PV of this process shares."""
+
+    driver: str
+    """The driver name (`spec.csi.driver`)."""
+    identity: str
+    """`storage.kubernetes.io/csiProvisionerIdentity` (names.provisioner_identity)."""
+    topology: bool
+    """The driver supports topology: write nodeAffinity."""
+    controller_publish_readonly: bool = False
+    """`--controller-publish-readonly`."""
+    volume_attributes_class: bool = True
+    """Feature gate VolumeAttributesClass."""
+
+
 def build_pv(
-    *,
-    claim: Mapping[str, Any],
-    sc: Mapping[str, Any],
-    prepared: Prepared,
-    volume: Any,
-    driver: str,
-    identity: str,
-    topology: bool,
-    controller_publish_readonly: bool = False,
-    volume_attributes_class: bool = True,
+    claim: Mapping[str, Any], sc: Mapping[str, Any], prepared: Prepared, volume: Any, settings: PVSettings
 ) -> Obj:
     """The PV object to create for `volume` (a csi_pb2.Volume) provisioned for `claim`."""
     spec_in = claim.get("spec") or {}
     capacity = volume.capacity_bytes or prepared.request.capacity_range.required_bytes
-    attributes = {names.PROVISIONER_ID_KEY: identity, **dict(volume.volume_context)}
-    csi: Obj = {"driver": driver, "volumeHandle": volume.volume_id}
+    attributes = {names.PROVISIONER_ID_KEY: settings.identity, **dict(volume.volume_context)}
+    csi: Obj = {"driver": settings.driver, "volumeHandle": volume.volume_id}
     if prepared.fs_type and not names.is_block(claim):
         csi["fsType"] = prepared.fs_type
     csi["volumeAttributes"] = attributes
     for field, ref in prepared.secret_refs.items():
         csi[field] = dict(ref)
-    if read_only(prepared, controller_publish_readonly=controller_publish_readonly):
+    if read_only(prepared, controller_publish_readonly=settings.controller_publish_readonly):
         csi["readOnly"] = True
     secret_name, secret_namespace = prepared.deletion_secret
     spec: Obj = {
@@ -86,11 +94,11 @@ def build_pv(
         spec["persistentVolumeReclaimPolicy"] = sc["reclaimPolicy"]
     if spec_in.get("volumeMode"):
         spec["volumeMode"] = spec_in["volumeMode"]
-    if topology:
+    if settings.topology:
         affinity = node_affinity([dict(t.segments) for t in volume.accessible_topology])
         if affinity is not None:
             spec["nodeAffinity"] = affinity
-    if volume_attributes_class and spec_in.get("volumeAttributesClassName"):
+    if settings.volume_attributes_class and spec_in.get("volumeAttributesClassName"):
         spec["volumeAttributesClassName"] = spec_in["volumeAttributesClassName"]
     return {
         "apiVersion": "v1",

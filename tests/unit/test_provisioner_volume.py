@@ -14,7 +14,7 @@ from sidecars.provisioner import names
 from sidecars.provisioner.cli import ProvisionerConfig
 from sidecars.provisioner.request import Driver, RequestBuilder
 from sidecars.provisioner.topology import NodeView, TopologyCache
-from sidecars.provisioner.volume import build_pv
+from sidecars.provisioner.volume import PVSettings, build_pv
 from testbed.apiserver import Store
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -101,15 +101,8 @@ async def test_provisioned_pv_matches_golden_01() -> None:
         volume_context={"tier": "gold"},  # csi-driver-host-path echoes the parameters
         accessible_topology=[csi_pb2.Topology(segments={TOPOLOGY_KEY: "node-1"})],
     )
-    pv = build_pv(
-        claim=claim,
-        sc=sc,
-        prepared=prepared,
-        volume=answer,
-        driver=DRIVER,
-        identity=names.provisioner_identity(DRIVER),
-        topology=True,
-    )
+    settings = PVSettings(driver=DRIVER, identity=names.provisioner_identity(DRIVER), topology=True)
+    pv = build_pv(claim, sc, prepared, answer, settings)
     store = Store()  # the test bed's API server semantics: defaults and the pv-protection admission
     saved = await store.create("persistentvolumes", pv)
     assert normalized(saved) == normalized(golden("01-provisioned-pv.json"))
@@ -127,16 +120,8 @@ def test_zero_capacity_answer_uses_the_request_and_block_has_no_fstype() -> None
         "metadata": {"name": "c", "namespace": "ns", "uid": "u", "resourceVersion": "7"},
         "spec": {"accessModes": ["ReadOnlyMany"], "volumeMode": "Block", "storageClassName": "sc"},
     }
-    pv = build_pv(
-        claim=claim,
-        sc={"provisioner": DRIVER},
-        prepared=prepared,
-        volume=csi_pb2.Volume(volume_id="v1"),
-        driver=DRIVER,
-        identity="1-2-x",
-        topology=True,
-        controller_publish_readonly=True,
-    )
+    settings = PVSettings(driver=DRIVER, identity="1-2-x", topology=True, controller_publish_readonly=True)
+    pv = build_pv(claim, {"provisioner": DRIVER}, prepared, csi_pb2.Volume(volume_id="v1"), settings)
     assert pv["spec"]["capacity"] == {"storage": "5Mi"}
     assert "fsType" not in pv["spec"]["csi"] and pv["spec"]["csi"]["readOnly"] is True
     assert "nodeAffinity" not in pv["spec"] and "persistentVolumeReclaimPolicy" not in pv["spec"]
