@@ -25,6 +25,8 @@ from testbed.apiserver.routing import RequestInfo
 from testbed.apiserver.store import Store
 from testbed.apiserver.watch import dumps
 
+BODY_TYPES = ("application/json", "application/yaml")
+"""Protobuf bodies are refused with 415, as a server that lacks protobuf for a type does."""
 PATCH_TYPES = {
     "application/json-patch+json": "json",
     "application/merge-patch+json": "merge",
@@ -50,6 +52,11 @@ async def read_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         return None
+    if request.content_type == "application/vnd.kubernetes.protobuf":
+        accepted = ", ".join(BODY_TYPES)
+        raise errors.UnsupportedMediaType(
+            f"the body of the request was in an unknown format - accepted media types include: {accepted}"
+        )
     try:
         if request.content_type in ("application/yaml", "application/apply-patch+yaml"):
             return yaml.safe_load(raw)

@@ -138,6 +138,21 @@ async def test_replace_stale_and_delete_with_finalizers(kubectl: Kubectl, tmp_pa
     assert code != 0 and 'persistentvolumeclaims "data" not found' in err
 
 
+async def test_delete_waits_for_the_object_to_go(kubectl: Kubectl) -> None:
+    settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {a: b}\n"
+    await kubectl.run("create", "-f", "-", stdin=settings)
+    _, out, _ = await kubectl.run("delete", "configmap", "settings", "--timeout=10s")
+    assert out.strip() == 'configmap "settings" deleted'
+    _, out, _ = await kubectl.run("get", "configmaps", "-o", "name")
+    assert out.strip() == ""
+
+
+async def test_typed_generators_send_protobuf_which_is_refused(kubectl: Kubectl) -> None:
+    """`kubectl create configmap` encodes with protobuf; the test bed speaks JSON only and says so (415)."""
+    code, _, err = await kubectl.run("create", "configmap", "settings", "--from-literal=a=b", check=False)
+    assert code != 0 and "accepted media types include: application/json" in err
+
+
 async def test_api_resources(kubectl: Kubectl) -> None:
     _, out, _ = await kubectl.run("api-resources", "--no-headers")
     rows = {line.split()[0]: line for line in out.splitlines()}
