@@ -68,12 +68,11 @@ class ResourceType:
 
     @property
     def key(self) -> str:
-        """How the store names the resource: `persistentvolumeclaims`, `events.events.k8s.io`."""
-        return (
-            self.plural
-            if not self.group or self.plural not in _CORE_PLURALS
-            else f"{self.plural}.{self.group}"
-        )
+        """How the store names it: the plural (`persistentvolumeclaims`), or `plural.group` when a core
+        resource has the same plural (`events.events.k8s.io`)."""
+        if self.group and self.plural in _CORE_PLURALS:
+            return f"{self.plural}.{self.group}"
+        return self.plural
 
     @property
     def qualified_kind(self) -> str:
@@ -121,6 +120,7 @@ class ResourceType:
 
 
 _CORE_PLURALS = {"events"}
+"""Core plurals that a group resource shares (its store key then carries the group)."""
 _STATUS = ("status",)
 _POD_FIELDS = [
     "metadata.name",
