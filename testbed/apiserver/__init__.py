@@ -19,6 +19,7 @@ from testbed.apiserver.errors import (
     TooManyRequests,
 )
 from testbed.apiserver.faults import Faults
+from testbed.apiserver.listing import ListOptions
 from testbed.apiserver.requestlog import RequestLog, RequestRecord
 from testbed.apiserver.resources import RESOURCES, Registry, ResourceType
 from testbed.apiserver.server import ApiServer, ApiServerOptions
@@ -38,6 +39,7 @@ __all__ = [
     "Faults",
     "Forbidden",
     "Invalid",
+    "ListOptions",
     "NotFound",
     "Registry",
     "RequestLog",
