@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit proto proto-check demo bench clean
+.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: venv
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check common sidecars proto/__init__.py testbed tests bench
 	$(VENV)/bin/ruff format --check common sidecars testbed tests bench || \
 	  (echo "run: $(VENV)/bin/ruff format common sidecars testbed tests bench"; exit 1)
@@ -38,6 +39,12 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench
+
+bench-apiserver: venv
+	$(PY) -m bench.apiserver_bench
+
+bench-informers: venv
+	$(PY) -m bench.informer_memory
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
