@@ -18,6 +18,8 @@ GOLDEN = Path(__file__).parent.parent / "golden"
 MODULE = "sidecars.livenessprobe"
 DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
 Start = Callable[..., SidecarProcess]
+IDLE_RSS_CEILING_MIB = 72.0
+"""A regression guard, not the goal (40 MiB): ~59 MiB idle in the dev venv today."""
 
 
 def golden_response(name: str) -> tuple[int, str, str]:
@@ -50,6 +52,13 @@ async def http_ports(process: SidecarProcess, count: int = 1) -> dict[str, int]:
 async def http_port(process: SidecarProcess) -> int:
     (port,) = (await http_ports(process)).values()
     return port
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError("VmRSS")
 
 
 async def get(port: int, path: str = "/healthz") -> tuple[int, str, str]:
@@ -179,3 +188,15 @@ async def test_version(sidecar: Start) -> None:
     process = sidecar(MODULE, "--version")
     assert await process.wait(20) == 0
     assert re.search(r"livenessprobe v\S+", process.log())
+
+
+async def test_idle_rss_stays_small(sidecar: Start, driver: TestDriver) -> None:
+    """Guards the no-Kubernetes-client diet: importing kubernetes_asyncio alone adds ~35 MiB."""
+    probe = start_probe(sidecar, driver.address)
+    port = await http_port(probe)
+    assert (await get(port))[0] == 200
+    await asyncio.sleep(1.0)  # idle
+    rss = rss_mib(probe.pid)
+    print(f"livenessprobe idle RSS: {rss:.1f} MiB")
+    assert rss < IDLE_RSS_CEILING_MIB
+    await stop_cleanly(probe)
