@@ -60,6 +60,13 @@ def remove_stale_socket(path: str) -> None:
     log.info("removed stale registration socket", socket=path)
 
 
+def _listen_error(path: str, err: RuntimeError) -> SidecarError:
+    """A one-line error for a socket gRPC could not bind (its own text points at GRPC_VERBOSITY)."""
+    directory = os.path.dirname(path) or "."
+    reason = "no such directory" if not os.path.isdir(directory) else str(err).split(";")[0]
+    return SidecarError(f"failed to listen on socket {path}: {reason}")
+
+
 def _inode(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -116,7 +123,7 @@ class RegistrationSocket:
         try:
             server.add_insecure_port(f"unix://{self.path}")
         except RuntimeError as err:
-            raise SidecarError(f"failed to listen on socket {self.path}: {err}") from err
+            raise _listen_error(self.path, err) from err
         finally:
             os.umask(old_mask)
         await server.start()

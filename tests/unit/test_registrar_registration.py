@@ -179,6 +179,12 @@ async def test_non_socket_file_in_the_way_fails_serve(tmp_path: Path) -> None:
     assert path.read_text() == "someone's file"
 
 
+async def test_missing_registration_directory_fails_serve(tmp_path: Path) -> None:
+    reg_socket = RegistrationSocket(str(tmp_path / "absent" / "x-reg.sock"), registration(), timeout=1.0)
+    with pytest.raises(SidecarError, match=r"failed to listen on socket .*: no such directory"):
+        await reg_socket.serve()
+
+
 async def test_deleted_socket_is_recreated_and_must_be_confirmed_again(serving: RegistrationSocket) -> None:
     await notify(serving.path, registered=True)
     assert await serving.healthz() == (200, "ok")
