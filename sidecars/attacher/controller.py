@@ -11,9 +11,10 @@ external-attacher's `CSIAttachController`:
   VA queues its PV; a PV is queued when it carries our finalizer and is being deleted;
 * with LIST_VOLUMES_PUBLISHED_NODES the reconciler runs every `--reconcile-sync`, first at once.
 
-Beyond upstream: a CSINode that appears or gains our driver queues the unattached VAs of its node
-(upstream waits for their backoff to expire, up to 5 minutes), and a re-established connection to
-the driver (upstream exits instead) queues every VA with work left and runs the reconciler.
+Beyond upstream: a PV that appears, or a CSINode that appears or gains our driver, queues the
+unattached VAs waiting for it (upstream waits for their backoff to expire, up to 5 minutes), and a
+re-established connection to the driver (upstream exits instead) queues every VA with work left and
+runs the reconciler.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class AttachController:
                 ),
             )
             self.handler = self.csi_handler
-            pvs.add_handler(FuncHandler(add=self._pv_changed, update=lambda _, new: self._pv_changed(new)))
+            pvs.add_handler(FuncHandler(add=self._pv_added, update=lambda _, new: self._pv_changed(new)))
             csinodes.add_handler(FuncHandler(add=self._csinode_added, update=self._csinode_updated))
             conns.csi.on_reconnect(self._reconnected)
         self.reconciles = capabilities is not None and capabilities.list_published_nodes
@@ -152,6 +153,13 @@ class AttachController:
     def _pv_changed(self, pv: Object) -> None:
         if has_finalizer(pv, self.finalizer) and is_deleting(pv):
             self.pv_queue.add(name_of(pv))
+
+    def _pv_added(self, pv: Object) -> None:
+        """A new PV: its VAs that failed for want of it (created first, or seen first) go again now."""
+        self._pv_changed(pv)
+        for va in self.vas.store.by_index(PV_INDEX, name_of(pv)):
+            if self._ours(va) and not is_attached(va) and not is_deleting(va):
+                self.va_queue.add(name_of(va))
 
     def _csinode_added(self, csinode: Object) -> None:
         if node_id_from_csinode(csinode, self.driver) is not None:

@@ -231,3 +231,12 @@ async def test_a_requeue_from_our_own_write_does_not_publish_twice() -> None:
     assert cluster.factory.informer(VOLUME_ATTACHMENTS).get("golden-va") == stale  # the cache lags
     await ctrl.sync_va("golden-va")
     assert csi.methods() == ["ControllerPublishVolume"]
+
+
+async def test_a_new_pv_queues_the_vas_that_waited_for_it() -> None:
+    cluster, csi = Cluster(), FakeCSI()
+    ctrl = controller(cluster, csi)
+    cluster.add(VOLUME_ATTACHMENTS, va("early"))
+    cluster.add(VOLUME_ATTACHMENTS, va("other", pv="pv-other"))
+    cluster.factory.informer(PERSISTENT_VOLUMES)._notify("ADDED", None, pv())
+    assert queued(ctrl.va_queue) == ["early"]
