@@ -18,3 +18,4 @@ attach may read the node ID from the Node's legacy annotation; a PV or CSINode a
 driver reconnect, retry waiting VAs at once; the driver connection is re-established instead of
 exiting. Not supported: CSI migration (in-tree PVs are refused like an unmigrated PV upstream).
 Like upstream, no Events are emitted, and GetPluginInfo uses `--timeout` (upstream: 1 s).
+"""
