@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # PVC annotations (read; selected-node is also removed to ask the scheduler to reschedule).
@@ -114,3 +114,24 @@ def provisioner_identity(driver: str, *, now: float | None = None, rand: random.
     millis = int((time.time() if now is None else now) * 1000)
     number = (rand or random.Random()).randrange(10000)
     return f"{millis}-{number}-{driver}"
+
+
+def typed(api_version: str, kind: str) -> Callable[[Obj], Obj]:
+    """An informer transform: drop managedFields and fill apiVersion/kind, which list items lack
+    (Events and claimRefs need them)."""
+
+    def transform(obj: Obj) -> Obj:
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            meta.pop("managedFields", None)
+        obj["apiVersion"], obj["kind"] = api_version, kind
+        return obj
+
+    return transform
+
+
+def slim_node(obj: Obj) -> Obj:
+    """An informer transform for Nodes: topology needs only the name and the labels."""
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "labels", "resourceVersion", "uid") if k in meta}
+    return {"metadata": kept}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 Term = tuple[tuple[str, str], ...]
 """A topology segment as sorted (key, value) pairs: all of them must hold (AND)."""
@@ -77,10 +77,18 @@ class TopologyCache:
         return len(self._entries)
 
 
-class NodeView:
-    """What the topology code reads: CSINodes and Nodes by name (informer stores or plain dicts)."""
+class Lookup(Protocol):
+    """Objects by name: a dict, or an informer cache through an adapter."""
 
-    def __init__(self, csinodes: Mapping[str, Any], nodes: Mapping[str, Any]) -> None:
+    def get(self, name: str) -> Any: ...
+
+    def values(self) -> Iterable[Any]: ...
+
+
+class NodeView:
+    """What the topology code reads: CSINodes and Nodes by name."""
+
+    def __init__(self, csinodes: Lookup, nodes: Lookup) -> None:
         self.csinodes = csinodes
         self.nodes = nodes
 

@@ -1,0 +1,71 @@
+"""csi-provisioner's entrypoint: flags, the driver's capabilities, then the claim and volume controllers.
+
+Startup as external-provisioner: connect, probe, GetPluginInfo (the driver name is the provisioner
+name), plugin and controller capabilities. A driver without CONTROLLER_SERVICE or
+CREATE_DELETE_VOLUME cannot provision anything: the process exits 1 saying so (upstream keeps
+running and fails every claim). `$KUBECONFIG` overrides `--kubeconfig`. The Lease is the sanitized
+driver name (`hostpath-csi-k8s-io`); informers resync every hour, as upstream's shared factory.
+"""
+
+from __future__ import annotations
+
+from common import entrypoint
+from common.errors import CapabilityError
+from common.flags import apply_logging_flags, version
+from common.logging import get_logger
+from common.metrics import Metrics
+from common.runtime import Runtime
+from sidecars.provisioner.cli import PROGRAM, ProvisionerConfig, build_flagset
+from sidecars.provisioner.controller import build, lock_name
+from sidecars.provisioner.request import Driver
+from sidecars.provisioner.state import ProvisionError
+
+log = get_logger("sidecars.provisioner")
+
+RESYNC_PERIOD = 3600.0
+"""external-provisioner's `ResyncPeriodOfCsiNodeInformer`, the resync of its shared informers."""
+
+
+async def discover(rt: Runtime, config: ProvisionerConfig) -> Driver:
+    """The driver's name and capabilities; CapabilityError when it cannot provision at all."""
+    driver = Driver(
+        name=rt.driver_name,
+        plugin_capabilities=await rt.csi.plugin_capabilities(),
+        controller_capabilities=await rt.csi.controller_capabilities(),
+        topology_gate=config.topology,
+    )
+    try:
+        driver.check()
+    except ProvisionError as err:
+        raise CapabilityError(str(err)) from None
+    log.info(
+        "CSI driver capabilities",
+        driver=driver.name,
+        topology=driver.topology,
+        attach_required=driver.attach_required,
+        controller=sorted(driver.controller_capabilities),
+    )
+    return driver
+
+
+async def amain(argv: list[str]) -> int:
+    flags = entrypoint.parse_or_exit(build_flagset(), argv)
+    apply_logging_flags(flags)
+    config = ProvisionerConfig.from_flags(flags)
+    log.info("Version", version=version())
+    metrics = Metrics(alpha_start_time=False)
+    async with Runtime.open(
+        PROGRAM, config.standard, use_kubeconfig_env=True, resync=RESYNC_PERIOD, metrics=metrics
+    ) as rt:
+        driver = await discover(rt, config)
+        provision = build(rt, config, driver)
+        await rt.run(lock_name=lock_name(driver.name), controllers=provision.controllers)
+    return 0
+
+
+def main() -> None:
+    entrypoint.run(PROGRAM, amain)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The provisioning intent: a PVC finalizer that makes "CreateVolume ran for this claim" survive a restart.
+
+Upstream leaks a volume when the provisioner dies between CreateVolume and saving the PV and the
+PVC is deleted meanwhile (external-provisioner#486): the in-memory `claimsInProgress` is gone after
+the restart, the PVC is gone too, so nobody ever deletes the volume. We record the intent durably:
+
+* Just before the first CreateVolume of a claim, the finalizer `csi-sidecars.python/provisioning-intent`
+  is added to the PVC (a guarded JSON patch, common.kube.finalizers). If that fails, CreateVolume is
+  not called.
+* It is removed as soon as the PV is saved (the PV then owns the volume: Released + Delete → our
+  deleter), or when the volume is confirmed gone.
+* A PVC being deleted that carries the finalizer and has no PV is *abandoned*: CreateVolume is
+  issued again with the same name (idempotent: it answers the existing volume, or creates it) and
+  the volume is then deleted with DeleteVolume; a final CreateVolume error means nothing exists. Only
+  then is the finalizer removed and the PVC allowed to go. A "may be in progress" error, or a request
+  that cannot be built (StorageClass or secret gone), keeps it with a `ProvisioningFailed` event and
+  retries with backoff.
+
+`--persist-provisioning-intent=false` stops adding the finalizer; PVCs that already carry it are
+still handled (and cleared) as above, so turning it off never strands a PVC.
+
+Rolling back to the Go external-provisioner: it does not know this finalizer, so a PVC that carries
+it (only those between CreateVolume and PV save, or being abandoned) stays Terminating when deleted.
+Remove it by hand after checking the volume:
+`kubectl patch pvc <name> --type=json -p '[{"op":"remove","path":"/metadata/finalizers/<index>"}]'`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from common.csi.errors import Outcome, classify, describe
+from common.kube.client import KubeClient
+from common.kube.finalizers import add_finalizer, remove_finalizer
+from common.kube.resources import PERSISTENT_VOLUME_CLAIMS
+from common.logging import get_logger
+from sidecars.provisioner import names
+from sidecars.provisioner.provision import Provisioner
+from sidecars.provisioner.state import IgnoredClaim, ProvisionError, ProvisioningState
+
+log = get_logger(__name__)
+
+Obj = dict[str, Any]
+
+GIVE_UP_HINT = f"; to give up and risk leaking the volume, remove finalizer {names.INTENT_FINALIZER} by hand"
+
+
+def recorded(claim: Mapping[str, Any]) -> bool:
+    """The claim carries our intent finalizer."""
+    return names.INTENT_FINALIZER in names.finalizers(claim)
+
+
+class Intent:
+    """Records, clears and follows up on the provisioning intent (see the module docstring)."""
+
+    def __init__(self, *, kube: KubeClient, provisioner: Provisioner, enabled: bool) -> None:
+        self.kube = kube
+        self.provisioner = provisioner
+        self.enabled = enabled
+
+    async def record(self, claim: Obj) -> Obj:
+        """Add the finalizer before CreateVolume; returns the claim as the server has it now."""
+        if not self.enabled or recorded(claim):
+            return claim
+        try:
+            updated = await add_finalizer(self.kube, PERSISTENT_VOLUME_CLAIMS, claim, names.INTENT_FINALIZER)
+        except Exception as err:
+            raise ProvisionError(
+                f"recording the provisioning intent on the claim failed: {err}", ProvisioningState.NO_CHANGE
+            ) from err
+        log.info("provisioning intent recorded", pvc=names.claim_key(claim), v=4)
+        return updated
+
+    async def clear(self, claim: Obj) -> None:
+        """Remove the finalizer (a claim that is gone or without it counts as done)."""
+        if recorded(claim):
+            await remove_finalizer(self.kube, PERSISTENT_VOLUME_CLAIMS, claim, names.INTENT_FINALIZER)
+            log.info("provisioning intent cleared", pvc=names.claim_key(claim), v=4)
+
+    async def abandon(self, claim: Obj, sc: Mapping[str, Any] | None) -> None:
+        """The claim is being deleted and has no PV: find its volume by name, delete it, then clear.
+
+        Raises ProvisionError (event, retry with backoff) while that cannot be confirmed.
+        """
+        key = names.claim_key(claim)
+        if sc is None:
+            raise ProvisionError(
+                f"cannot look up the volume of deleted claim {key}: "
+                f'storageClass "{names.claim_class(claim)}" not found{GIVE_UP_HINT}',
+                ProvisioningState.NO_CHANGE,
+            )
+        try:
+            prepared = await self._prepare(claim, sc)
+        except IgnoredClaim:
+            await self.clear(claim)  # never ours to create: nothing to delete
+            return
+        except ProvisionError as err:
+            if err.state is ProvisioningState.FINISHED and not err.infeasible:
+                await self.clear(claim)  # CreateVolume could never have been sent for it
+                return
+            raise ProvisionError(
+                f"cannot look up the volume of deleted claim {key}: {err}{GIVE_UP_HINT}", err.state
+            ) from None
+        name = prepared.request.name
+        try:
+            volume = await self.provisioner.create_volume(prepared)
+        except grpc.RpcError as err:
+            if classify(err) is Outcome.IN_PROGRESS:
+                raise ProvisionError(
+                    f"looking up volume {name} of deleted claim {key}: {describe(err)}",
+                    ProvisioningState.IN_BACKGROUND,
+                ) from None
+            log.info("volume of deleted claim does not exist", pvc=key, volume=name, error=describe(err))
+            await self.clear(claim)
+            return
+        if volume.volume_id:
+            try:
+                await self.provisioner.delete_volume(volume.volume_id, dict(prepared.request.secrets))
+            except grpc.RpcError as err:
+                raise ProvisionError(
+                    f"deleting volume {name} of deleted claim {key}: {describe(err)}",
+                    ProvisioningState.IN_BACKGROUND,
+                ) from None
+            log.info("deleted the volume of a claim deleted before its PV was saved", pvc=key, volume=name)
+        await self.clear(claim)
+
+    async def _prepare(self, claim: Obj, sc: Mapping[str, Any]) -> Any:
+        node = names.selected_node(claim) or ""
+        try:
+            return await self.provisioner.builder.prepare(claim, sc, node)
+        except ProvisionError as err:
+            if not node or err.state is not ProvisioningState.RESCHEDULE:
+                raise
+        # The selected node is gone for good: ask as for immediate binding (the volume exists by name).
+        return await self.provisioner.builder.prepare(claim, sc, "")
