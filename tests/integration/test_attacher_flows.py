@@ -88,10 +88,11 @@ async def test_trivial_attacher_marks_attached_without_the_driver(
     kube: KubeClient, kubeconfig: str, driver: TestDriver, sidecar: Any
 ) -> None:
     await setup(kube, driver)
-    process = start_attacher(sidecar, kubeconfig, driver)
+    process = start_attacher(sidecar, kubeconfig, driver, "--max-grpc-log-length=20")
     await create_va(kube)
     va = await wait_va(kube, "golden-va", attached)
     assert va["status"] == {"attached": True}
+    assert "[response body too large, log capped to 20 chars]" in process.log()
     assert "finalizers" not in va["metadata"] and "annotations" not in va["metadata"]
     assert FINALIZER not in await pv_finalizers(kube)
     assert driver.calls.counts["ControllerPublishVolume"] == 0
