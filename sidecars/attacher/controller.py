@@ -44,7 +44,7 @@ from sidecars.attacher.handler import (
     pv_index,
 )
 from sidecars.attacher.reconciler import list_published, mismatches
-from sidecars.attacher.request import VolumeError, finalizer_name, node_id_from_csinode
+from sidecars.attacher.request import finalizer_name, node_id_from_csinode
 from sidecars.attacher.status import has_finalizer, is_attached, is_deleting, should_enqueue
 
 log = get_logger(__name__)
@@ -232,8 +232,8 @@ class AttachController:
             self._reconcile_now.clear()
             try:
                 await self.reconcile()
-            except VolumeError as err:
-                log.error("failed to reconcile VolumeAttachments", error=str(err))
+            except Exception as err:  # never let one bad pass stop the reconciler (or the workers)
+                log.error("failed to reconcile VolumeAttachments", error=str(err) or repr(err))
             try:
                 async with asyncio.timeout(self.config.reconcile_sync):
                     await self._reconcile_now.wait()

@@ -385,3 +385,30 @@ async def test_discovery_gives_up_after_one_second(looptime: float) -> None:
     with pytest.raises(CSIError, match=r"ControllerGetCapabilities failed: .*DeadlineExceeded"):
         await discover(slow)
     assert looptime == pytest.approx(1.0)
+
+
+async def test_an_inline_volume_is_attached_from_its_own_spec() -> None:
+    """`spec.source.inlineVolumeSpec` (a migrated inline volume): no PV, no PV finalizer."""
+    cluster, csi = Cluster(), FakeCSI()
+    cluster.add(CSI_NODES, csinode())
+    inline = va(pv=None)
+    inline["spec"]["source"]["inlineVolumeSpec"] = {
+        "accessModes": ["ReadOnlyMany"],
+        "csi": {"driver": DRIVER, "volumeHandle": "inline-1", "readOnly": True, "fsType": "ext4"},
+    }
+    cluster.add(VOLUME_ATTACHMENTS, inline)
+    h = handler(cluster, csi, caps=Capabilities(publish_readonly=True))
+    await sync(cluster, h)
+    request = csi.calls[0][1]
+    assert request.volume_id == "inline-1" and request.readonly is True
+    assert (
+        request.volume_capability.access_mode.mode
+        == csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+    )
+    assert [w.resource for w in cluster.kube.writes()] == ["volumeattachments", "volumeattachments"]
+    stored = cluster.va()
+    assert stored is not None and stored["status"]["attached"] is True
+    cluster.add(VOLUME_ATTACHMENTS, deleting(stored))
+    await sync(cluster, h)
+    assert csi.methods() == ["ControllerPublishVolume", "ControllerUnpublishVolume"]
+    assert csi.calls[1][1].volume_id == "inline-1" and cluster.va() is None
