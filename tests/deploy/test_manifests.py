@@ -148,7 +148,7 @@ def expand(arg: str, env: dict[str, str]) -> str:
 
 def sidecar_cli(program: str) -> Any:
     module = importlib.import_module(f"sidecars.{PROGRAMS[program]}.cli")
-    assert module.PROGRAM == program
+    assert program == module.PROGRAM
     return module
 
 
