@@ -101,6 +101,9 @@ class Informer:
         self.field_selector = field_selector
         self.resync = resync
         self.transform = transform
+        self.page_size = PAGE_SIZE
+        """Objects per list page. A page is parsed whole before `transform` runs, so a smaller page lowers
+        the peak memory of listing big objects (e.g. every Pod in the cluster) for more requests."""
         self.store = Store()
         self.resource_version = ""
         self._handlers: list[Handler] = []
@@ -182,7 +185,7 @@ class Informer:
                 namespace=self.namespace,
                 label_selector=self.label_selector,
                 field_selector=self.field_selector,
-                limit=PAGE_SIZE,
+                limit=self.page_size,
                 continue_token=token,
                 resource_version=resource_version if not token else None,
             )
