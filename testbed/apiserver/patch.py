@@ -79,6 +79,15 @@ def _get(doc: Any, tokens: list[str]) -> Any:
     raise PatchError("cannot index a scalar")
 
 
+def _test_value(doc: Any, tokens: list[str]) -> Any:
+    """What a `test` op compares: as evanphx/json-patch, a missing key of an object reads as null."""
+    if tokens:
+        parent = _parent(doc, tokens)
+        if isinstance(parent, dict) and tokens[-1] not in parent:
+            return None
+    return _get(doc, tokens)
+
+
 def _add(doc: Any, tokens: list[str], value: Any) -> Any:
     if not tokens:
         return value
@@ -129,7 +138,7 @@ def json_patch(doc: Any, operations: Any) -> Any:
                 _get(doc, tokens)
                 doc = _add(_remove(doc, tokens), tokens, value) if tokens else value
             case "test":
-                if _get(doc, tokens) != value:
+                if _test_value(doc, tokens) != value:
                     raise PatchError(f"testing value {path} failed: test failed")
             case "move" | "copy":
                 source = _pointer(str(operation.get("from", "")))

@@ -174,3 +174,20 @@ async def test_store_patch_errors_match_the_server() -> None:
         "volumesnapshots", "s", {"spec": {"x": 1}}, patch_type="merge", namespace="default"
     )
     assert patched["metadata"]["generation"] == 2, "custom resources count any spec change"
+
+
+def test_json_patch_test_of_null_passes_for_a_missing_key() -> None:
+    """evanphx/json-patch (kube-apiserver): a missing object key tests equal to null, not an error."""
+    doc = {"metadata": {"name": "x"}}
+    patched = json_patch(
+        doc,
+        [
+            {"op": "test", "path": "/metadata/finalizers", "value": None},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["a"]},
+        ],
+    )
+    assert patched["metadata"]["finalizers"] == ["a"]
+    with pytest.raises(PatchError):
+        json_patch(doc, [{"op": "test", "path": "/metadata/finalizers", "value": []}])
+    with pytest.raises(PatchError):
+        json_patch(doc, [{"op": "test", "path": "/missing/finalizers", "value": None}])
