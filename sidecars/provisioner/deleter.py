@@ -94,6 +94,8 @@ class VolumeController:
             limiter=ItemExponential(config.retry_interval_start, config.retry_interval_max),
             metrics=metrics.workqueue("volumes"),
         )
+        self.deleted: set[str] = set()
+        """UIDs of PVs whose volume and object this process deleted (the cache may lag behind)."""
         self.volumes.add_handler(
             FuncHandler(add=self._enqueue, update=lambda _, new: self._enqueue(new), delete=self._forget)
         )
@@ -103,6 +105,7 @@ class VolumeController:
 
     def _forget(self, pv: Obj) -> None:
         self.queue.forget(object_key(pv))
+        self.deleted.discard(str(pv["metadata"].get("uid", "")))
 
     async def run(self) -> None:
         await run_workers(self.queue, self.sync, name=self.name, count=self.config.worker_threads)
@@ -120,7 +123,7 @@ class VolumeController:
 
     async def sync(self, name: str) -> None:
         pv = self.volumes.get(name)
-        if pv is None or not self.owns(pv):
+        if pv is None or not self.owns(pv) or pv["metadata"].get("uid") in self.deleted:
             return
         pv = await self._handle_finalizer(pv)
         if not should_delete(pv):
@@ -162,6 +165,7 @@ class VolumeController:
         current = self.volumes.get(name)
         if current is not None:
             await remove_finalizer(self.kube, PERSISTENT_VOLUMES, current, names.PV_FINALIZER)
+        self.deleted.add(str(pv["metadata"].get("uid", "")))
         log.info("persistentvolume deleted", pv=name, v=4)
 
     async def delete_volume(self, pv: Obj) -> None:
