@@ -46,6 +46,10 @@ log = get_logger(__name__)
 
 Obj = dict[str, Any]
 
+POD_PAGE_SIZE = 200
+"""Pods per list page: a page is parsed whole before it is slimmed, so pages of 200 instead of 500
+keep the resizer's peak memory with 10,000 pods about 8 MiB lower (bench/resizer_bench.py)."""
+
 
 def _size_changed(old: str | None, new: str | None, *, grew_only: bool) -> bool:
     try:
@@ -91,6 +95,7 @@ class ResizeController:
         pods = factory.informer(PODS, transform=slim_pod) if config.handle_volume_inuse_error else None
         if pods is not None:
             log.info("register Pod informer for resizer", controller=resizer.name)
+            pods.page_size = POD_PAGE_SIZE
         self.in_use = InUseTracker(pods)
         self.queue: WorkQueue[str] = WorkQueue(
             f"{resizer.name}-pvc",

@@ -17,7 +17,7 @@ from common.quantity import format_quantity, to_bytes
 from common.runtime import StandardConfig
 from sidecars.resizer import claims as c
 from sidecars.resizer.cli import ResizerConfig
-from sidecars.resizer.controller import ResizeController, should_enqueue
+from sidecars.resizer.controller import POD_PAGE_SIZE, ResizeController, should_enqueue
 from sidecars.resizer.expansion import SyncError
 from sidecars.resizer.inuse import slim_pod
 from sidecars.resizer.resizer import TrivialResizer, is_our_volume
@@ -199,6 +199,7 @@ async def test_volume_in_use_is_not_expanded_offline(cluster: Cluster) -> None:
     in_use = FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "volume is in use")
     controller, resizer = make(cluster, FakeResizer(script=[in_use]), handle_volume_inuse_error=True)
     pods = cluster.factory.informer(PODS, transform=slim_pod)
+    assert pods.page_size == POD_PAGE_SIZE < 500  # listed in small pages: a whole page is parsed at once
     pod = {
         "metadata": {"name": "app", "namespace": "default", "resourceVersion": "5", "uid": "p1"},
         "spec": {
