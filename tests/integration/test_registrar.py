@@ -1,8 +1,9 @@
 """csi-node-driver-registrar end to end: the real entrypoint against the CSI test driver and a kubelet.
 
-The kubelet here is the plugin watcher's side of the protocol, written in the test: find
-`*-reg.sock`, GetInfo, NodeGetInfo on the endpoint it was given, NotifyRegistrationStatus. (The
-CSINode half belongs to the test bed's kubelet stand-in.)
+Most tests play kubelet's side of the protocol in the test (`Kubelet`: find `*-reg.sock`, GetInfo,
+NodeGetInfo on the endpoint it was given, NotifyRegistrationStatus), which lets them refuse or
+delay; one runs the test bed's kubelet stand-in (plugin watcher and node info manager) against the
+test-bed API server and checks the CSINode it writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from kit import SidecarProcess, eventually
 
 from proto import csi_pb2, csi_pb2_grpc, pluginregistration_pb2, pluginregistration_pb2_grpc
+from testbed.apiserver import ApiServer
 from testbed.csidriver import TestDriver
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -245,3 +247,45 @@ async def test_idle_rss_stays_small(sidecar: Start, driver: TestDriver, kubelet:
     print(f"csi-node-driver-registrar idle RSS: {rss:.1f} MiB")
     assert rss < IDLE_RSS_CEILING_MIB
     await stop_cleanly(registrar)
+
+
+async def test_kubelet_stand_in_writes_the_drivers_node_id_into_csinode(
+    sidecar: Start, driver: TestDriver, kubelet: Kubelet, apiserver: ApiServer
+) -> None:
+    """The test bed's kubelet (plugin watcher + node info manager) registers through our registrar."""
+    plugins = pytest.importorskip("testbed.controllers.plugins")
+    nodeinfo = pytest.importorskip("testbed.controllers.nodeinfo")
+    node_name = driver.config.node_id
+    manager = nodeinfo.NodeInfoManager(apiserver.store, node_name)
+    await manager.register_node()
+    watcher = plugins.PluginManager(manager, registration_dir=kubelet.plugin_dir)
+    watching = asyncio.create_task(watcher.run(), name="kubelet plugin watcher")
+
+    async def csinode_driver() -> dict[str, Any] | None:
+        csinode = await apiserver.store.get("csinodes", node_name)
+        drivers = {d["name"]: d for d in csinode["spec"].get("drivers") or []}
+        return drivers.get("hostpath.csi.k8s.io")
+
+    async def unregistered() -> bool:
+        return await csinode_driver() is None
+
+    try:
+        registrar = start_registrar(sidecar, driver, kubelet)
+        port = await http_port(registrar)
+        entry = await eventually(csinode_driver, timeout=10, message="the CSINode driver entry")
+        assert entry["nodeID"] == driver.config.node_id
+        assert entry["topologyKeys"] == [driver.config.topology_key]
+        await eventually(lambda: registrar.log().count("kubelet confirmed the registration") == 1, timeout=5)
+        assert await get(port) == golden_response("13-registrar-healthz.txt")
+
+        # someone deletes the socket: kubelet deregisters, the registrar recreates it, kubelet registers again
+        (kubelet.plugin_dir / kubelet.sockets()[0]).unlink()
+        await eventually(lambda: registrar.log().count("kubelet confirmed the registration") == 2, timeout=10)
+        assert (await eventually(csinode_driver, timeout=5))["nodeID"] == driver.config.node_id
+        assert await get(port) == golden_response("13-registrar-healthz.txt")
+
+        await stop_cleanly(registrar)  # SIGTERM removes the socket: kubelet deregisters the driver
+        await eventually(unregistered, timeout=5, message="the CSINode entry to go")
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
