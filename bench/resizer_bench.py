@@ -468,6 +468,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=10)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    import logging
+
+    import structlog
+
+    # The in-process test driver logs every call; only warnings matter here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(run(args))
 
 
