@@ -95,93 +95,64 @@ def volume(i: int, uid: str, volume_id: str) -> dict[str, Any]:
     }
 
 
+# The parts every generated pod shares (a Deployment's pod with its token volume and managedFields).
+_STATIC = json.loads("""{
+ "token": {"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
+   {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+   {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+   {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
+ "managed": [
+   {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}, "f:spec": {"f:containers": {}}}},
+   {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "subresource": "status",
+    "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}, "f:phase": {}, "f:podIP": {}}}}],
+ "container": {"name": "web", "image": "registry.example.com/team/web:1.2.3",
+   "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+   "resources": {"limits": {"memory": "512Mi"}, "requests": {"cpu": "100m", "memory": "256Mi"}},
+   "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10}},
+ "toleration": {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+   "tolerationSeconds": 300}
+}""")
+
+
 def pod(i: int) -> dict[str, Any]:
-    """A pod of a Deployment as a real cluster holds it (about 5 KB of JSON with managedFields)."""
-    namespace = f"team-{i % 20}"
-    env = [{"name": f"SETTING_{n}", "value": f"value-{n}-{i}"} for n in range(8)]
-    mounts = [
-        {
-            "name": "kube-api-access",
-            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-            "readOnly": True,
-        }
-    ]
-    volumes: list[dict[str, Any]] = [
-        {
-            "name": "kube-api-access",
-            "projected": {
-                "defaultMode": 420,
-                "sources": [
-                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                    {
-                        "configMap": {
-                            "name": "kube-root-ca.crt",
-                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                        }
-                    },
-                    {
-                        "downwardAPI": {
-                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
-                        }
-                    },
-                ],
-            },
-        }
-    ]
+    """A pod of a Deployment as a real cluster holds it (about 3 KB of JSON with its status)."""
+    mounts = [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+    volumes: list[dict[str, Any]] = [_STATIC["token"]]
     if i % 2 == 0:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": f"data-{i}"}})
         mounts.append({"name": "data", "mountPath": "/data"})
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "controller": True,
+             "blockOwnerDeletion": True, "uid": f"0b7a6c0e-0000-4000-8000-{i:012d}"}  # fmt: skip
+    env = [{"name": f"SETTING_{n}", "value": f"value-{n}-{i}"} for n in range(8)]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": f"web-{i:05d}-7d9f8c6b5-x{i % 97:02d}kq",
-            "namespace": namespace,
+            "namespace": f"team-{i % 20}",
             "labels": {"app": "web", "pod-template-hash": "7d9f8c6b5", "tier": "frontend"},
-            "annotations": {
-                "kubectl.kubernetes.io/restartedAt": "2026-11-20T10:00:00Z",
-                "prometheus.io/scrape": "true",
-            },
-            "ownerReferences": [
-                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "controller": True,
-                 "blockOwnerDeletion": True, "uid": f"0b7a6c0e-0000-4000-8000-{i:012d}"}
-            ],
-            "managedFields": [
-                {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-                 "fieldsType": "FieldsV1",
-                 "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
-                              "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {}}}}},
-                {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "subresource": "status",
-                 "fieldsType": "FieldsV1",
-                 "fieldsV1": {"f:status": {"f:conditions": {}, "f:containerStatuses": {},
-                                           "f:phase": {}, "f:podIP": {}}}},
-            ],
+            "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-20T10:00:00Z"},
+            "ownerReferences": [owner],
+            "managedFields": _STATIC["managed"],
         },
         "spec": {
             "nodeName": f"node-{i % 50}",
             "serviceAccountName": "default",
-            "containers": [
-                {
-                    "name": "web",
-                    "image": "registry.example.com/team/web:1.2.3",
-                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-                    "env": env,
-                    "resources": {"limits": {"memory": "512Mi"},
-                                  "requests": {"cpu": "100m", "memory": "256Mi"}},
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10},
-                    "volumeMounts": mounts,
-                }
-            ],
+            "containers": [{**_STATIC["container"], "env": env, "volumeMounts": mounts}],
             "volumes": volumes,
-            "tolerations": [
-                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
-                 "tolerationSeconds": 300}
-            ],
+            "tolerations": [_STATIC["toleration"]],
         },
-    }  # fmt: skip
+    }
 
 
 def running_status(i: int) -> dict[str, Any]:
+    conditions = ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+    container = {"name": "web", "ready": True, "restartCount": 0, "started": True,
+                 "image": "registry.example.com/team/web:1.2.3",
+                 "imageID": "registry.example.com/team/web@sha256:" + "ab" * 32,
+                 "containerID": f"containerd://{i:064x}",
+                 "state": {"running": {"startedAt": "2026-11-20T10:00:04Z"}}}  # fmt: skip
     return {
         "status": {
             "phase": "Running",
@@ -189,17 +160,11 @@ def running_status(i: int) -> dict[str, Any]:
             "hostIP": f"192.168.0.{i % 50}",
             "conditions": [
                 {"type": t, "status": "True", "lastTransitionTime": "2026-11-20T10:00:05Z"}
-                for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+                for t in conditions
             ],
-            "containerStatuses": [
-                {"name": "web", "ready": True, "restartCount": 0,
-                 "image": "registry.example.com/team/web:1.2.3",
-                 "imageID": "registry.example.com/team/web@sha256:" + "ab" * 32,
-                 "containerID": f"containerd://{i:064x}", "started": True,
-                 "state": {"running": {"startedAt": "2026-11-20T10:00:04Z"}}}
-            ],
+            "containerStatuses": [container],
         }
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------------------------------ plumbing
