@@ -235,7 +235,7 @@ async def resizer_rss(kubeconfig: str, address: str, log: Path, *args: str) -> t
 async def throughput(
     kube: Any, driver: Any, kubeconfig: str, directory: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from common.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES
+    from common.kube.resources import EVENTS, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES
     from proto import csi_pb2
     from testbed.csidriver import connect
 
@@ -305,6 +305,7 @@ async def throughput(
     finally:
         code = resizer.stop()
     grown = sum(1 for v in driver.volumes.values() if v.capacity == 2 * GiB)
+    events = len((await kube.list(EVENTS, namespace="default"))["items"])
     return {
         "pvcs": args.pvcs,
         "populate_s": round(populated, 1),
@@ -317,6 +318,7 @@ async def throughput(
         "driver_volumes_grown": grown,
         "exit_code": code,
         "expand_calls": driver.calls.counts["ControllerExpandVolume"],
+        "events_written": events,
     }
 
 

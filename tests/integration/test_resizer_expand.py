@@ -16,6 +16,7 @@ import pytest
 from kit import SidecarProcess, eventually
 from resizer_fixtures import (
     DRIVER,
+    GOLDEN,
     bound_claim,
     capacity,
     claim,
@@ -149,8 +150,6 @@ async def test_controller_and_node_expansion_matches_the_golden_files(
 
 
 def golden_text(name: str) -> str:
-    from resizer_fixtures import GOLDEN
-
     return (GOLDEN / name).read_text()
 
 
