@@ -182,7 +182,8 @@ class ClaimController:
                     raise Requeue(1.0, "PV of a deleted claim is still being saved")
                 await self._abandon(claim)
                 return True
-        return uid in self.provisioned
+        # Saved by us (the cache may not show the PV yet), or being saved: nothing to provision.
+        return uid in self.provisioned or (pv_name is not None and self.store.pending(pv_name))
 
     async def _abandon(self, claim: Obj) -> None:
         uid = names.claim_uid(claim)
