@@ -223,3 +223,25 @@ async def test_bad_input_says_why_and_changes_nothing(
     await eventually(lambda: _warning(kube, "has no CSI source"), timeout=20, message="no CSI source event")
     assert capacity(await kube.get(PERSISTENT_VOLUMES, "intree"), "spec") == "1Gi"
     await stop(process)
+
+
+@pytest.mark.parametrize(
+    ("driver_config", "message"),
+    [
+        ({"controller_service": False}, "csi-resizer: CSI driver does not support controller service"),
+        (
+            {
+                "controller_capabilities": frozenset({"CREATE_DELETE_VOLUME"}),
+                "node_capabilities": frozenset({"STAGE_UNSTAGE_VOLUME"}),
+            },
+            "csi-resizer: CSI driver does not support resize nor modify",
+        ),
+    ],
+    indirect=["driver_config"],
+)
+async def test_a_driver_that_cannot_resize_is_refused_at_start(
+    kubeconfig: str, driver: TestDriver, sidecar: Sidecar, message: str
+) -> None:
+    process = sidecar(RESIZER, *resizer_args(kubeconfig, driver))
+    assert await process.wait(20) == 1
+    assert process.log().strip().splitlines()[-1] == message
