@@ -153,7 +153,6 @@ apiVersion: v1
 kind: Pod
 metadata: {name: e2e-pod, namespace: default}
 spec:
-  nodeName: $node
   containers:
     - name: app
       image: busybox:1.36
