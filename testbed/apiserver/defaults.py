@@ -67,6 +67,11 @@ def pvc_defaults(obj: dict[str, Any]) -> None:
     status = obj.setdefault("status", {})
     status.setdefault("phase", "Pending")
     _normalize_conditions(status)
+    for condition in status.get("conditions") or []:
+        # metav1.Time is a struct, so Go's omitempty keeps it: a zero time is written as null.
+        if isinstance(condition, dict):
+            condition.setdefault("lastProbeTime", None)
+            condition.setdefault("lastTransitionTime", None)
     _omit_empty(
         status, "accessModes", "capacity", "conditions", "allocatedResources", "allocatedResourceStatuses"
     )

@@ -392,3 +392,24 @@ async def test_invalid_aggregates_and_details(store: Store) -> None:
         'PersistentVolume "pv-bad" is invalid: [spec.capacity: Required value, '
         'spec.capacity: Unsupported value: null: supported values: "storage"]'
     )
+
+
+async def test_pvc_conditions_carry_null_times_like_go_serialization() -> None:
+    """kube-apiserver writes a zero metav1.Time as null: `lastProbeTime: null` (golden 06)."""
+    store = Store()
+    pvc = {
+        "metadata": {"name": "c", "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    await store.create("persistentvolumeclaims", pvc, namespace="default")
+    patched = await store.patch(
+        "persistentvolumeclaims",
+        "c",
+        {"status": {"conditions": [{"type": "Resizing", "status": "True"}]}},
+        patch_type="merge",
+        namespace="default",
+        subresource="status",
+    )
+    assert patched["status"]["conditions"] == [
+        {"type": "Resizing", "status": "True", "lastProbeTime": None, "lastTransitionTime": None}
+    ]
