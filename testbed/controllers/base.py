@@ -185,6 +185,8 @@ class Controller:
 
     name: ClassVar[str] = "controller"
     resources: ClassVar[tuple[str, ...]] = ()
+    expected_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """Failures that only mean "not yet" (logged at debug level, retried like any other)."""
 
     def __init__(self, store: Store, *, resync_period: float = 15.0) -> None:
         self.store = store
@@ -259,7 +261,8 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("sync failed, will retry", controller=self.name, key=key, error=str(exc))
+                report = log.debug if isinstance(exc, self.expected_errors) else log.info
+                report("sync failed, will retry", controller=self.name, key=key, error=str(exc))
                 self.queue.retry(key)
             else:
                 self.queue.forget(key)

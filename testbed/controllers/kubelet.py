@@ -61,6 +61,7 @@ class Kubelet(Controller):
 
     name = "kubelet"
     resources = ("pods", "persistentvolumeclaims", "persistentvolumes", "csidrivers", "volumeattachments")
+    expected_errors = (NotReady,)
 
     def __init__(
         self, store: Store, config: KubeletConfig | None = None, *, resync_period: float = 15.0
@@ -144,11 +145,7 @@ class Kubelet(Controller):
             if pod["metadata"].get("deletionTimestamp"):
                 await self._finish_deletion(pod)
             return
-        try:
-            await self.volumes.setup_pod(pod)
-        except NotReady as exc:
-            log.debug("pod volumes not ready", pod=key[1], reason=str(exc))
-            raise
+        await self.volumes.setup_pod(pod)
         if uid not in self._running:
             await self._report_running(pod)
             self._running.add(uid)

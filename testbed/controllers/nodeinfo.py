@@ -1,7 +1,7 @@
 """Kubelet's node registration and CSI node info manager: the Node, its CSINode, and their CSI entries.
 
 * `register_node` is kubelet's `registerWithAPIServer`: create the Node with the well-known labels and
-  `volumes.kubernetes.io/controller-managed-attach-detach: "true"` (or add that annotation to an
+  `volumes.kubernetes.io/controller-managed-attach-detach: "true"` (or reconcile both onto an
   existing Node), report it Ready, then create its CSINode (owned by the Node, no drivers).
 * `install_driver` is `nodeInfoManager.InstallCSIDriver`: the Node gets the driver's node id in the
   `csi.volume.kubernetes.io/nodeid` annotation (a JSON map driver -> node id, Go's sorted compact
@@ -85,16 +85,16 @@ class NodeInfoManager:
         return node
 
     async def _ensure_node(self) -> Obj:
+        labels = {
+            "beta.kubernetes.io/arch": _ARCH,
+            "beta.kubernetes.io/os": "linux",
+            "kubernetes.io/arch": _ARCH,
+            "kubernetes.io/hostname": self.node_name,
+            "kubernetes.io/os": "linux",
+        }
         try:
             node = await self.store.get("nodes", self.node_name)
         except NotFound:
-            labels = {
-                "beta.kubernetes.io/arch": _ARCH,
-                "beta.kubernetes.io/os": "linux",
-                "kubernetes.io/arch": _ARCH,
-                "kubernetes.io/hostname": self.node_name,
-                "kubernetes.io/os": "linux",
-            }
             body = {
                 "apiVersion": "v1",
                 "kind": "Node",
@@ -107,9 +107,13 @@ class NodeInfoManager:
             }
             log.info("registering node", node=self.node_name)
             return await self.store.create("nodes", body)
-        if (node["metadata"].get("annotations") or {}).get(ANN_CONTROLLER_MANAGED_ATTACH) == "true":
+        # an existing Node: kubelet reconciles its default labels and the attach-detach annotation
+        meta = node["metadata"]
+        wanted_annotations = {**(meta.get("annotations") or {}), ANN_CONTROLLER_MANAGED_ATTACH: "true"}
+        wanted_labels = {**(meta.get("labels") or {}), **labels}
+        if wanted_annotations == meta.get("annotations") and wanted_labels == meta.get("labels"):
             return node
-        node["metadata"].setdefault("annotations", {})[ANN_CONTROLLER_MANAGED_ATTACH] = "true"
+        meta["annotations"], meta["labels"] = wanted_annotations, wanted_labels
         return await self.store.update("nodes", node)
 
     async def _report_ready(self) -> Obj:

@@ -17,9 +17,8 @@ Follows pkg/controller/volume/persistentvolume/pv_controller.go:
 * a volume whose claim is gone becomes Released; Retain keeps it, Delete of a CSI or externally
   provisioned volume is the provisioner's job (HonorPVReclaimPolicy), Recycle fails (no recycler);
 * claims bound to a missing volume become Lost (`ClaimLost`, `ClaimMisbound` events).
-
-Writes are PUTs of the whole object (spec or /status) with its resourceVersion; a Conflict fails the
-sync, which is retried with backoff from the newer cached object.
+Writes are PUTs (spec or /status) with the object's resourceVersion; a Conflict fails the sync, which
+is retried with backoff from the newer cached object.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ from testbed.controllers.storage import (
     annotations_of,
     claim_class,
     is_volume_bound_to_claim,
-    pod_claim_names,
     storage,
+    unscheduled_pods_using,
 )
 
 log = structlog.get_logger(__name__)
@@ -180,14 +179,7 @@ class PersistentVolumeController(Controller):
         return True
 
     async def _emit_unbound_delay_binding(self, claim: Obj) -> None:
-        meta = claim["metadata"]
-        waiting = sorted(
-            pod["metadata"]["name"]
-            for pod in self.cache("pods").values()
-            if pod["metadata"].get("namespace") == meta["namespace"]
-            and not (pod.get("spec") or {}).get("nodeName")
-            and meta["name"] in {name for name, _ in pod_claim_names(pod)}
-        )
+        waiting = unscheduled_pods_using(self.cache("pods").values(), claim)
         reason, message = "WaitForFirstConsumer", "waiting for first consumer to be created before binding"
         if waiting:
             reason = "WaitForPodScheduled"

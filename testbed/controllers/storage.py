@@ -7,6 +7,7 @@ Each helper is the Python of one upstream function, named after it in its docstr
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -100,6 +101,18 @@ def pod_claim_names(pod: Obj) -> list[tuple[str, bool]]:
         elif volume.get("ephemeral") is not None:
             claims.append((f"{pod['metadata']['name']}-{volume.get('name', '')}", False))
     return claims
+
+
+def unscheduled_pods_using(pods: Iterable[Obj], claim: Obj) -> list[str]:
+    """`findNonScheduledPodsByPVC`: names of the claim's namespace's pods without a node that use it."""
+    meta = claim["metadata"]
+    return sorted(
+        pod["metadata"]["name"]
+        for pod in pods
+        if pod["metadata"].get("namespace") == meta["namespace"]
+        and not (pod.get("spec") or {}).get("nodeName")
+        and meta["name"] in {name for name, _ in pod_claim_names(pod)}
+    )
 
 
 def pod_is_terminated(pod: Obj) -> bool:

@@ -265,3 +265,26 @@ async def test_informers_relist_after_the_history_is_compacted(store: Store, pla
 
     pvc = await annotated_claim(store)
     assert pvc["metadata"]["annotations"]["volume.kubernetes.io/storage-provisioner"] == DRIVER
+
+
+async def test_a_conflict_is_retried_from_a_fresh_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone else writes the claim between the controller's read and its PUT: 409, re-read, retry."""
+    update = store.update
+    conflicts: list[str] = []
+
+    async def racing_update(resource: str, obj: Obj, **kwargs: Any) -> Obj:
+        if resource == PVCS and not conflicts:
+            conflicts.append(obj["metadata"]["resourceVersion"])
+            current = await store.get(PVCS, obj["metadata"]["name"], namespace="default")
+            current["metadata"].setdefault("labels", {})["touched"] = "yes"
+            await update(PVCS, current, namespace="default")  # the other writer wins
+        return await update(resource, obj, **kwargs)
+
+    monkeypatch.setattr(store, "update", racing_update)
+    await store.create("storageclasses", storage_class())
+    await store.create(PVCS, claim(), namespace="default")
+    async with ControlPlane(store, ["persistentvolume-binder"], resync_period=0.2) as plane:
+        await plane.wait_synced()
+        pvc = await annotated_claim(store)
+    assert conflicts  # the first PUT carried a stale resourceVersion and got 409
+    assert pvc["metadata"]["labels"] == {"touched": "yes"}  # the retry kept the other writer's change
