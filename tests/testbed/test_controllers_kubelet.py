@@ -74,7 +74,7 @@ def store() -> Store:
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
+def short_dir() -> Iterator[Path]:
     """A short private directory: unix socket paths must stay under 108 bytes (pytest's are long)."""
     path = Path(tempfile.mkdtemp(prefix="kubelet-", dir="/tmp"))
     try:
@@ -84,22 +84,22 @@ def tmp_path() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def driver(tmp_path: Path) -> AsyncIterator[TestDriver]:
-    test_driver = TestDriver(DriverConfig(max_volumes_per_node=5), endpoint=f"unix://{tmp_path}/csi.sock")
+async def driver(short_dir: Path) -> AsyncIterator[TestDriver]:
+    test_driver = TestDriver(DriverConfig(max_volumes_per_node=5), endpoint=f"unix://{short_dir}/csi.sock")
     async with test_driver.serve():
         yield test_driver
 
 
-def registry(tmp_path: Path) -> Path:
-    path = tmp_path / "plugins_registry"
+def registry(short_dir: Path) -> Path:
+    path = short_dir / "plugins_registry"
     path.mkdir(exist_ok=True)
     return path
 
 
 async def test_a_registrar_socket_is_registered_into_csinode_and_node(
-    store: Store, driver: TestDriver, tmp_path: Path
+    store: Store, driver: TestDriver, short_dir: Path
 ) -> None:
-    config = KubeletConfig(node_name=NODE, registration_dir=registry(tmp_path))
+    config = KubeletConfig(node_name=NODE, registration_dir=registry(short_dir))
     async with ControlPlane(store, ["kubelet"], kubelet=config) as plane:
         await plane.wait_synced()
         node = await store.get("nodes", NODE)  # kubelet registered its node first
@@ -112,8 +112,8 @@ async def test_a_registrar_socket_is_registered_into_csinode_and_node(
             {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": node["metadata"]["uid"]}
         ]
 
-        socket = registry(tmp_path) / f"{DRIVER}-reg.sock"
-        async with registrar(socket, endpoint=f"{tmp_path}/csi.sock") as fake:
+        socket = registry(short_dir) / f"{DRIVER}-reg.sock"
+        async with registrar(socket, endpoint=f"{short_dir}/csi.sock") as fake:
             await eventually(lambda: _statuses(fake), what="NotifyRegistrationStatus")
             assert fake.statuses == [pluginregistration_pb2.RegistrationStatus(plugin_registered=True)]
             assert driver.calls.counts["NodeGetInfo"] == 1
@@ -170,13 +170,13 @@ async def _no_drivers(store: Store) -> bool:
     ],
 )
 async def test_an_invalid_plugin_is_told_why_and_not_registered(
-    store: Store, driver: TestDriver, tmp_path: Path, info: Obj, error: str
+    store: Store, driver: TestDriver, short_dir: Path, info: Obj, error: str
 ) -> None:
-    endpoint = f"{tmp_path}/csi.sock"
-    config = KubeletConfig(node_name=NODE, registration_dir=registry(tmp_path))
+    endpoint = f"{short_dir}/csi.sock"
+    config = KubeletConfig(node_name=NODE, registration_dir=registry(short_dir))
     async with ControlPlane(store, ["kubelet"], kubelet=config) as plane:
         await plane.wait_synced()
-        async with registrar(registry(tmp_path) / "bad-reg.sock", endpoint=endpoint, **info) as fake:
+        async with registrar(registry(short_dir) / "bad-reg.sock", endpoint=endpoint, **info) as fake:
             await eventually(lambda: _statuses(fake), what="NotifyRegistrationStatus")
             [status] = fake.statuses[:1]
             assert not status.plugin_registered
@@ -202,7 +202,7 @@ async def attached_by_attacher(store: Store, name: str) -> None:
 
 
 @pytest.fixture
-async def mounted(store: Store, driver: TestDriver, tmp_path: Path) -> AsyncIterator[Mounted]:
+async def mounted(store: Store, driver: TestDriver, short_dir: Path) -> AsyncIterator[Mounted]:
     """A pod on node-1 using a 1Gi CSI volume, attached, staged and published by the stand-ins."""
     async with connect(driver.address) as csi:
         capability = csi_pb2.VolumeCapability(mount={}, access_mode={"mode": "SINGLE_NODE_WRITER"})
@@ -225,10 +225,10 @@ async def mounted(store: Store, driver: TestDriver, tmp_path: Path) -> AsyncIter
         },
     }
     await store.create(PVS, volume)
-    config = KubeletConfig(node_name=NODE, registration_dir=registry(tmp_path), root_dir=ROOT)
+    config = KubeletConfig(node_name=NODE, registration_dir=registry(short_dir), root_dir=ROOT)
     async with (
         ControlPlane(store, ["pv", "attachdetach", "kubelet"], kubelet=config, resync_period=0.2) as plane,
-        registrar(registry(tmp_path) / f"{DRIVER}-reg.sock", endpoint=f"{tmp_path}/csi.sock"),
+        registrar(registry(short_dir) / f"{DRIVER}-reg.sock", endpoint=f"{short_dir}/csi.sock"),
     ):
         await plane.wait_synced()
         await eventually(lambda: _available(store), what="the PV Available")
@@ -359,6 +359,6 @@ async def test_infeasible_node_expansion_is_marked_on_the_claim(mounted: Mounted
     assert len(driver.calls.of("NodeExpandVolume")) == 1  # infeasible: not retried
 
 
-def test_socket_paths_fit_a_unix_socket(tmp_path: Path) -> None:
+def test_socket_paths_fit_a_unix_socket(short_dir: Path) -> None:
     """The tests' sockets stay under the 108-byte sun_path limit (else registration could not work)."""
-    assert len(os.fsencode(registry(tmp_path) / f"{DRIVER}-reg.sock")) < 108
+    assert len(os.fsencode(registry(short_dir) / f"{DRIVER}-reg.sock")) < 108
