@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff check common sidecars proto/__init__.py testbed tests bench
-	$(VENV)/bin/ruff format --check common sidecars testbed tests bench || \
-	  (echo "run: $(VENV)/bin/ruff format common sidecars testbed tests bench"; exit 1)
+	$(VENV)/bin/ruff check common sidecars proto/__init__.py testbed tests bench deploy
+	$(VENV)/bin/ruff format --check common sidecars testbed tests bench deploy || \
+	  (echo "run: $(VENV)/bin/ruff format common sidecars testbed tests bench deploy"; exit 1)
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -26,7 +26,7 @@ typecheck: venv
 unit: venv
 	$(VENV)/bin/pytest
 
-test: venv lint typecheck unit
+test: venv lint typecheck shellcheck unit
 
 proto: venv
 	$(PY) -m proto.generate
@@ -48,3 +48,23 @@ bench-informers: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The container image (needs docker or podman, which CI machines lack; the Dockerfile is tested).
+IMAGE_REGISTRY ?= localhost/python-csi-sidecars
+IMAGE_TAG ?= dev
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+SIDECARS := csi-provisioner csi-attacher csi-resizer csi-node-driver-registrar livenessprobe
+
+.PHONY: image shellcheck e2e
+image:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image needs docker or podman (set CONTAINER_ENGINE)"; exit 1; }
+	@for target in $(SIDECARS); do \
+	  echo "building $(IMAGE_REGISTRY)/$$target:$(IMAGE_TAG)"; \
+	  $(CONTAINER_ENGINE) build -f deploy/Dockerfile --target $$target -t $(IMAGE_REGISTRY)/$$target:$(IMAGE_TAG) . || exit 1; \
+	done
+
+shellcheck: venv
+	$(VENV)/bin/shellcheck deploy/kind/e2e.sh
+
+e2e:
+	IMAGE_REGISTRY=$(IMAGE_REGISTRY) IMAGE_TAG=$(IMAGE_TAG) CONTAINER_ENGINE=$(CONTAINER_ENGINE) deploy/kind/e2e.sh
