@@ -10,7 +10,8 @@ claim lands on a node (here: once the pod has `spec.nodeName`, or this stand-in 
   `volume.kubernetes.io/selected-node: <node>` and the PV controller hands it to the provisioner.
 
 With `default_node` set, pods without `spec.nodeName` are placed on that node (the binding the
-scheduler would POST; here a PUT of the pod), after their delayed claims are handled.
+scheduler would POST; here a PUT of the pod), after their delayed claims are handled — but not while
+a claim is missing or an immediate-binding claim is still unbound (the pod stays unschedulable).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class VolumeScheduler(Controller):
     def keys_for(self, resource: str, old: Obj | None, new: Obj | None) -> Iterable[Key]:
         if resource == "pods" and new is not None:
             yield ("pod", f"{new['metadata']['namespace']}/{new['metadata']['name']}")
-        elif resource in (PVCS, "nodes", "storageclasses") and new is not None:
+        elif resource in (PVCS, PVS, "nodes", "storageclasses") and new is not None:
             for pod in self.cache("pods").values():
                 yield ("pod", f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
 
@@ -65,12 +66,16 @@ class VolumeScheduler(Controller):
             return
         node = self.cached("nodes", node_name) or {"metadata": {"name": node_name, "labels": {}}}
         namespace = pod["metadata"]["namespace"]
-        for claim_name, _ in pod_claim_names(pod):
-            claim = self.cached(PVCS, f"{namespace}/{claim_name}")
-            if claim is None or not self._needs_binding(claim):
-                continue
-            await self._bind_claim(claim, node)
-        if not (pod.get("spec") or {}).get("nodeName"):
+        claims = [self.cached(PVCS, f"{namespace}/{name}") for name, _ in pod_claim_names(pod)]
+        unschedulable = False
+        for claim in claims:
+            if claim is None:
+                unschedulable = True  # `persistentvolumeclaim "x" not found`
+            elif self._needs_binding(claim):
+                await self._bind_claim(claim, node)
+            elif not (claim.get("spec") or {}).get("volumeName"):
+                unschedulable = True  # "pod has unbound immediate PersistentVolumeClaims"
+        if not (pod.get("spec") or {}).get("nodeName") and not unschedulable:
             placed = copy.deepcopy(pod)
             placed["spec"]["nodeName"] = node_name
             log.info("pod scheduled", pod=key[1], node=node_name)

@@ -288,3 +288,25 @@ async def test_a_conflict_is_retried_from_a_fresh_read(store: Store, monkeypatch
         pvc = await annotated_claim(store)
     assert conflicts  # the first PUT carried a stale resourceVersion and got 409
     assert pvc["metadata"]["labels"] == {"touched": "yes"}  # the retry kept the other writer's change
+
+
+async def test_the_scheduler_places_pods_once_their_claims_allow_it(store: Store) -> None:
+    await store.create("storageclasses", storage_class("late", binding="WaitForFirstConsumer"))
+    await store.create(PVCS, claim("late", class_name="late"), namespace="default")
+    await store.create(PVCS, claim("now", class_name=""), namespace="default")  # immediate, no PV yet
+    await store.create("pods", pod("placed", "late", node=None), namespace="default")
+    await store.create("pods", pod("waiting", "now", node=None), namespace="default")
+    async with ControlPlane(store, ["pv", "scheduler"], default_node="node-9", resync_period=0.2) as plane:
+        await plane.wait_synced()
+        placed = await eventually(lambda: _node_of(store, "placed"), what="the pod placed")
+        assert placed == "node-9"
+        pvc = await annotated_claim(store, "late")
+        assert pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == "node-9"
+        assert await _node_of(store, "waiting") is None  # its immediate claim is unbound
+
+        await store.create(PVS, static_volume("for-now", handle="h-now"))
+        assert await eventually(lambda: _node_of(store, "waiting"), what="the pod placed") == "node-9"
+
+
+async def _node_of(store: Store, name: str) -> str | None:
+    return (await store.get("pods", name, namespace="default"))["spec"].get("nodeName")
