@@ -1,21 +1,14 @@
-"""Provisioner test bed: the golden run's objects, a PV-controller stand-in, and helpers to drive the sidecar.
+"""Provisioner test bed: the golden run's objects, the PV controller stand-ins, helpers to drive the sidecar.
 
-`PVControllerStandIn` plays kube-controller-manager's parts the provisioner depends on, acting on
-the store directly (so the request log holds only what the sidecar sent):
-
-* a Pending claim whose StorageClass names an external provisioner gets
-  `volume.kubernetes.io/storage-provisioner` and the beta key — at once for Immediate binding,
-  once `volume.kubernetes.io/selected-node` is set for WaitForFirstConsumer (the scheduler's part,
-  which tests play by annotating the claim);
-* a PV whose claimRef names an existing claim (same UID) binds both (volumeName, bind annotations,
-  phases Bound); a PV whose claim is gone becomes Released;
-* pvc-protection and pv-protection finalizers are removed when the object is being deleted (no pod
-  uses a claim here; a PV goes when it is no longer Bound).
+`provisioner_bed` creates the golden run's Node/CSINode `node-1`, StorageClass `golden` and Secret
+`default/prov-secret`, runs `testbed.controllers` "pv" (the PV binder, pvc-protection and
+pv-protection) on the API server's store, and gives a `Bed`: start the real sidecar, create and
+delete claims, wait for bindings and events. Tests play the scheduler by annotating claims with
+`volume.kubernetes.io/selected-node`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import copy
@@ -28,8 +21,8 @@ from typing import Any
 import aiohttp
 from kit import SidecarProcess, eventually
 
-from testbed.apiserver import ApiServer, Conflict, NotFound, Store
-from testbed.apiserver.listing import ListOptions
+from testbed.apiserver import ApiServer, NotFound, Store
+from testbed.controllers import ControlPlane
 from testbed.csidriver import TestDriver
 
 Obj = dict[str, Any]
@@ -118,132 +111,6 @@ async def golden_objects(store: Store, *, nodes: tuple[str, ...] = ("node-1",)) 
 
 def provisioner_args(kubeconfig: str, socket: Path, *extra: str) -> list[str]:
     return [f"--kubeconfig={kubeconfig}", f"--csi-address=unix://{socket}", "--v=5", *extra]
-
-
-class PVControllerStandIn:
-    """See the module docstring. `async with PVControllerStandIn(store).running(): ...`"""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[PVControllerStandIn]:
-        tasks = [
-            asyncio.create_task(self._watch("persistentvolumeclaims"), name="standin claims"),
-            asyncio.create_task(self._watch("persistentvolumes"), name="standin volumes"),
-        ]
-        try:
-            yield self
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _watch(self, resource: str) -> None:
-        async with self.store.watch(resource, "") as events:
-            async for event in events:
-                try:
-                    if resource == "persistentvolumeclaims":
-                        await self._claim(event.type, event.object)
-                    else:
-                        await self._volume(event.type, event.object)
-                except (Conflict, NotFound):
-                    pass  # a newer version is on its way through this watch
-
-    async def _claim(self, kind: str, pvc: Obj) -> None:
-        meta, spec = pvc["metadata"], pvc.get("spec") or {}
-        ns, name = meta["namespace"], meta["name"]
-        if kind == "DELETED":
-            await self._release_volumes_of(meta["uid"])
-            return
-        if meta.get("deletionTimestamp"):
-            await self._drop_finalizer("persistentvolumeclaims", pvc, "kubernetes.io/pvc-protection")
-            return
-        anns = meta.get("annotations") or {}
-        if spec.get("volumeName") or ANN_PROVISIONER in anns:
-            if not spec.get("volumeName"):
-                await self._bind_from_claim(pvc)
-            return
-        try:
-            sc = await self.store.get("storageclasses", spec.get("storageClassName") or "")
-        except NotFound:
-            return
-        if sc.get("volumeBindingMode") == "WaitForFirstConsumer" and not anns.get(ANN_SELECTED_NODE):
-            return
-        patch = {
-            "metadata": {
-                "annotations": {ANN_PROVISIONER: sc["provisioner"], ANN_BETA_PROVISIONER: sc["provisioner"]}
-            }
-        }
-        await self.store.patch("persistentvolumeclaims", name, patch, patch_type="merge", namespace=ns)
-
-    async def _bind_from_claim(self, pvc: Obj) -> None:
-        entries, _ = self.store.list_entries(self.store.rtype("persistentvolumes"), _all())
-        for entry in entries:
-            ref = (entry.obj.get("spec") or {}).get("claimRef") or {}
-            if ref.get("uid") == pvc["metadata"]["uid"]:
-                await self._volume("MODIFIED", entry.copy())
-
-    async def _volume(self, kind: str, pv: Obj) -> None:
-        if kind == "DELETED":
-            return
-        meta, spec = pv["metadata"], pv.get("spec") or {}
-        phase = (pv.get("status") or {}).get("phase")
-        if meta.get("deletionTimestamp"):
-            if phase != "Bound":
-                await self._drop_finalizer("persistentvolumes", pv, "kubernetes.io/pv-protection")
-            return
-        ref = spec.get("claimRef")
-        if not ref or phase in ("Bound", "Released"):
-            return
-        try:
-            pvc = await self.store.get("persistentvolumeclaims", ref["name"], namespace=ref["namespace"])
-        except NotFound:
-            pvc = None
-        if (
-            pvc is None
-            or pvc["metadata"]["uid"] != ref.get("uid")
-            or pvc["metadata"].get("deletionTimestamp")
-        ):
-            await self._set_phase(pv, "Released")
-            return
-        if not (pvc.get("spec") or {}).get("volumeName"):
-            pvc["spec"]["volumeName"] = meta["name"]
-            anns = pvc["metadata"].setdefault("annotations", {})
-            anns.update(
-                {"pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes"}
-            )
-            pvc = await self.store.update("persistentvolumeclaims", pvc)
-            pvc["status"] = {
-                "phase": "Bound",
-                "accessModes": spec.get("accessModes", []),
-                "capacity": spec.get("capacity", {}),
-            }
-            await self.store.update_status("persistentvolumeclaims", pvc)
-        await self._set_phase(pv, "Bound")
-
-    async def _set_phase(self, pv: Obj, phase: str) -> None:
-        current = await self.store.get("persistentvolumes", pv["metadata"]["name"])
-        current["status"] = {**(current.get("status") or {}), "phase": phase}
-        await self.store.update_status("persistentvolumes", current)
-
-    async def _release_volumes_of(self, uid: str) -> None:
-        entries, _ = self.store.list_entries(self.store.rtype("persistentvolumes"), _all())
-        for entry in entries:
-            if ((entry.obj.get("spec") or {}).get("claimRef") or {}).get("uid") == uid:
-                await self._set_phase(entry.copy(), "Released")
-
-    async def _drop_finalizer(self, resource: str, obj: Obj, finalizer: str) -> None:
-        meta = obj["metadata"]
-        current = await self.store.get(resource, meta["name"], namespace=meta.get("namespace", ""))
-        finalizers = current["metadata"].get("finalizers") or []
-        if finalizer in finalizers:
-            current["metadata"]["finalizers"] = [f for f in finalizers if f != finalizer]
-            await self.store.update(resource, current)
-
-
-def _all() -> ListOptions:
-    return ListOptions()
 
 
 # --- helpers for the tests --------------------------------------------------------------------------
@@ -362,6 +229,10 @@ class Bed:
             and (reason is None or e["reason"] == reason)
         ]
 
+    async def our_events(self, name: str) -> list[Obj]:
+        """Events the provisioner wrote about `name` (not the PV controller's)."""
+        return [e for e in await self.events(name) if e["source"]["component"].startswith(f"{DRIVER}_")]
+
     async def wait_event(self, name: str, reason: str, *, contains: str = "", timeout: float = 20.0) -> Obj:
         async def probe() -> Obj | None:
             for event in await self.events(name, reason):
@@ -395,7 +266,8 @@ class Bed:
 async def provisioner_bed(
     apiserver: ApiServer, driver: TestDriver, sidecar: Callable[..., SidecarProcess], **objects: Any
 ) -> AsyncIterator[Bed]:
-    """The golden objects, the stand-in running, and a `Bed` to drive the sidecar with."""
+    """The golden objects, the PV controller stand-ins running, and a `Bed` to drive the sidecar with."""
     await golden_objects(apiserver.store, **objects)
-    async with PVControllerStandIn(apiserver.store).running():
+    async with ControlPlane(apiserver.store, ["pv"], resync_period=2.0) as plane:
+        await plane.wait_synced()
         yield Bed(apiserver, driver, sidecar)

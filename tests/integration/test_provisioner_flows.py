@@ -78,7 +78,7 @@ async def test_wait_for_first_consumer_waits_for_the_selected_node(
         assert [c.request.name for c in driver.calls.of("CreateVolume")] == [now["spec"]["volumeName"]]
         pvc = await bed.get("persistentvolumeclaims", "late-claim", "default")
         assert pvc is not None and not (pvc.get("spec") or {}).get("volumeName")
-        assert not await bed.events("late-claim")
+        assert not await bed.our_events("late-claim")
         # The scheduler picks node-2.
         await bed.store.patch(
             "persistentvolumeclaims",

@@ -85,7 +85,7 @@ async def test_pv_pvc_events_lease_and_metrics_match_the_go_provisioner(
             provisioning["message"] == 'External provisioner is provisioning volume for claim "default/data"'
         )
         assert succeeded["message"] == f"Successfully provisioned volume {pv['metadata']['name']}"
-        assert len(await bed.events("data")) == 2
+        assert len(await bed.our_events("data")) == 2
         # 08: the Lease is the sanitized driver name, held by this host.
         lease = await bed.get("leases", "hostpath-csi-k8s-io", "default")
         assert lease is not None
