@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import io
 import json
 
@@ -10,6 +13,7 @@ import pytest
 from common.errors import ConfigError, FlagError
 from common.flags import apply_logging_flags
 from common.logging import configure
+from sidecars.provisioner import cli
 from sidecars.provisioner.cli import ProvisionerConfig, build_flagset
 
 # REFERENCE §0.2 and §1.1: every flag external-provisioner v6.3 accepts.
@@ -168,3 +172,15 @@ def test_unimplemented_flags_warn_when_set() -> None:
         configure()
     warned = {json.loads(line)["flag"] for line in out.getvalue().splitlines()}
     assert warned == {"--enable-capacity", "--node-deployment", "--capacity-poll-interval"}
+
+
+def test_every_config_field_has_a_docstring() -> None:
+    tree = ast.parse(inspect.getsource(cli))
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProvisionerConfig"]
+    fields = [(i, node) for i, node in enumerate(cls.body) if isinstance(node, ast.AnnAssign)]
+    assert len(fields) == len(dataclasses.fields(ProvisionerConfig))
+    for i, node in fields:
+        following = cls.body[i + 1]
+        assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), ast.dump(node)
+        text = following.value.value
+        assert isinstance(text, str) and ("`--" in text or "Feature gate" in text or "standard flags" in text)
