@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER = (
     "apiserver_bench",
     "informer_memory",
+    "sidecar_rss",
     "livenessprobe_bench",
     "provisioner_bench",
     "attacher_bench",
