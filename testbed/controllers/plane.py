@@ -13,7 +13,8 @@ Names are kube-controller-manager's where there is one: `persistentvolume-binder
 protection controllers, what lets provisioning and deletion complete) and `all`.
 
 Each stand-in runs as one task named `testbed <name>`; `stop()` cancels them and raises if one of
-them had crashed, so a test cannot pass over a dead controller.
+them had crashed, so a test cannot pass over a dead controller. `add()` runs one more (a second
+node: `plane.add(Kubelet(store, KubeletConfig(node_name="node-2")), "kubelet node-2")`).
 """
 
 from __future__ import annotations
@@ -96,9 +97,21 @@ class ControlPlane:
             name: builders[name]() for name in expand_names(controllers)
         }
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
 
     def __getitem__(self, name: str) -> Controller:
         return self.controllers[name]
+
+    def add(self, controller: Controller, name: str | None = None) -> Controller:
+        """Run one more stand-in (a second node's kubelet, a custom controller), started with the rest
+        or at once if the plane is running. Returns it."""
+        name = name or controller.name
+        if name in self.controllers:
+            raise ValueError(f"a controller named {name!r} is already in the plane")
+        self.controllers[name] = controller
+        if self._started:
+            self._tasks[name] = asyncio.create_task(controller.run(), name=f"testbed {name}")
+        return controller
 
     @property
     def kubelet(self) -> Kubelet:
@@ -110,6 +123,7 @@ class ControlPlane:
         for name, controller in self.controllers.items():
             if name not in self._tasks:
                 self._tasks[name] = asyncio.create_task(controller.run(), name=f"testbed {name}")
+        self._started = True
         log.info("control plane started", controllers=list(self.controllers))
 
     async def wait_synced(self) -> None:
@@ -126,6 +140,7 @@ class ControlPlane:
     async def stop(self) -> None:
         """Cancel every stand-in; raise the first error of one that had crashed."""
         tasks, self._tasks = self._tasks, {}
+        self._started = False
         crashed = [t for t in tasks.values() if t.done() and not t.cancelled() and t.exception()]
         for task in tasks.values():
             task.cancel("control plane stopped")

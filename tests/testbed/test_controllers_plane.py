@@ -17,6 +17,7 @@ from testbed.controllers import (
     CONTROLLER_NAMES,
     ControlPlane,
     Kubelet,
+    KubeletConfig,
     PersistentVolumeController,
     TestbedOptions,
     expand_names,
@@ -63,8 +64,8 @@ async def test_a_crashed_controller_fails_the_stop() -> None:
 
     store = Store()
     plane = ControlPlane(store, [])
-    plane.controllers["broken"] = Broken(store)
     await plane.start()
+    plane.add(Broken(store))
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="controller task 'testbed broken' crashed"):
         await plane.stop()
@@ -146,3 +147,17 @@ async def test_the_process_prints_where_it_serves_and_stops_on_sigterm(tmp_path:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_second_node_gets_its_own_kubelet() -> None:
+    from testbed.apiserver import Store
+
+    store = Store()
+    async with ControlPlane(store, ["kubelet"]) as plane:
+        second = plane.add(Kubelet(store, KubeletConfig(node_name="node-2")), "kubelet node-2")
+        with pytest.raises(ValueError, match="already in the plane"):
+            plane.add(Kubelet(store), "kubelet node-2")
+        await plane.wait_synced()
+        nodes = (await store.list("nodes"))["items"]
+        assert sorted(n["metadata"]["name"] for n in nodes) == ["node-1", "node-2"]
+        assert plane["kubelet node-2"] is second
