@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from kit import eventually
 from provisioner_fixtures import PREFIX, Bed, provisioner_bed, secret, stop_cleanly, storage_class
 
 from testbed.apiserver import ApiServer
-from testbed.csidriver import TestDriver
+from testbed.csidriver import DriverConfig, TestDriver
 
 
 def calls_for(driver: TestDriver, tier: str) -> int:
@@ -104,3 +105,20 @@ async def test_bad_input_is_reported_and_retried_with_backoff(
             p["metadata"]["name"] for p in await bed.pvs()
         )
         await stop_cleanly(process)
+
+
+async def test_a_driver_that_cannot_create_volumes_is_refused_at_start(
+    apiserver: ApiServer, sidecar: Any, socket_dir: Path
+) -> None:
+    no_create = TestDriver(DriverConfig(controller_capabilities=frozenset({"PUBLISH_UNPUBLISH_VOLUME"})))
+    async with no_create.serve(f"unix://{socket_dir}/nocreate.sock"):
+        process = sidecar(
+            "sidecars.provisioner",
+            f"--kubeconfig={apiserver.kubeconfig}",
+            f"--csi-address=unix://{socket_dir}/nocreate.sock",
+        )
+        assert await process.wait(20) == 1
+    assert (
+        "csi-provisioner: CSI driver does not support dynamic provisioning: controller CREATE_DELETE_VOLUME "
+        "capability is not reported"
+    ) in process.log()

@@ -48,7 +48,8 @@ def segments(terms: Any) -> list[dict[str, str]]:
 
 async def test_immediate_binding_then_delete(apiserver: ApiServer, driver: TestDriver, sidecar: Any) -> None:
     async with provisioner_bed(apiserver, driver, sidecar) as bed:
-        process = bed.start()
+        # $KUBECONFIG wins over --kubeconfig, as upstream
+        process = bed.start("--kubeconfig=/nonexistent/kubeconfig", env={"KUBECONFIG": bed.kubeconfig})
         await bed.create_claim("data")
         pvc = await bed.wait_bound("data")
         pv_name = pvc["spec"]["volumeName"]
