@@ -310,9 +310,13 @@ class Demo:
 
 
 async def until(probe: Callable[[], Awaitable[T]], what: str) -> T:
+    """Poll `probe` until it returns something; a process not listening yet is "not yet", not an error."""
     deadline = time.monotonic() + STEP_TIMEOUT
     while True:
-        result = await probe()
+        try:
+            result = await probe()
+        except (aiohttp.ClientError, OSError, ApiError):
+            result = None  # type: ignore[assignment]
         if result:
             return result
         if time.monotonic() > deadline:
