@@ -98,7 +98,7 @@ class Demo:
         elapsed = time.monotonic() - self.started
         print(f"{_styled(f'{elapsed:6.2f}s', DIM)}  {text}", flush=True)
 
-    async def step(self, title: str, wait: Callable[[], Awaitable[T]], done: Callable[[T], str]) -> T:
+    async def step(self, title: str, wait: Callable[[], Awaitable[T | None]], done: Callable[[T], str]) -> T:
         self.say(_styled(title, BOLD))
         begun = time.monotonic()
         result = await until(wait, title)
@@ -206,12 +206,9 @@ class Demo:
 
         async def attached() -> dict[str, Any] | None:
             listed = await kube.list(VOLUME_ATTACHMENTS)
-            for va in listed["items"]:
-                if va["spec"]["source"].get("persistentVolumeName") == pv_name and va.get("status", {}).get(
-                    "attached"
-                ):
-                    return va
-            return None
+            items: list[dict[str, Any]] = listed["items"]
+            mine = [va for va in items if va["spec"]["source"].get("persistentVolumeName") == pv_name]
+            return next((va for va in mine if va.get("status", {}).get("attached")), None)
 
         va = await self.step(
             "attach-detach controller asks, csi-attacher attaches",
@@ -309,14 +306,14 @@ class Demo:
         print(f"{'total'.ljust(width)}  {sum(s for _, s in self.timings):7.2f}")
 
 
-async def until(probe: Callable[[], Awaitable[T]], what: str) -> T:
+async def until(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
     """Poll `probe` until it returns something; a process not listening yet is "not yet", not an error."""
     deadline = time.monotonic() + STEP_TIMEOUT
     while True:
         try:
             result = await probe()
         except (aiohttp.ClientError, OSError, ApiError):
-            result = None  # type: ignore[assignment]
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
