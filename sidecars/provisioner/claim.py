@@ -95,7 +95,8 @@ class ClaimController:
         self.slow: dict[str, tuple[float, str]] = {}
         """UID → (when CreateVolume said InvalidArgument, StorageClass UID then)."""
         self._latest: dict[str, Obj] = {}
-        """UID → the claim as the intent patch left it, while its PV is being saved."""
+        """UID → the claim as our intent update left it, during its provisioning attempt (the cache
+        may not show that resourceVersion yet)."""
         self.claims.add_handler(
             FuncHandler(add=self._enqueue, update=lambda _, new: self._enqueue(new), delete=self._forget)
         )
@@ -253,17 +254,21 @@ class ClaimController:
         self.recorder.event(
             claim, NORMAL, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )
+        uid = names.claim_uid(claim)
         try:
-            pv, latest = await self.provisioner.provision(claim, sc, node, before_create=self.intent.record)
-        except ProvisionError as err:
-            await self._failed(claim, err)
-        log.info("volume is provisioned", pvc=key, pv=pv["metadata"]["name"], v=4)
-        self.in_progress.pop(names.claim_uid(claim), None)
-        self._latest[names.claim_uid(claim)] = latest
-        try:
+            pv, _ = await self.provisioner.provision(claim, sc, node, before_create=self._record_intent)
+            log.info("volume is provisioned", pvc=key, pv=pv["metadata"]["name"], v=4)
+            self.in_progress.pop(uid, None)
             await self.store.store(pv)
+        except ProvisionError as err:
+            await self._failed(self._latest.get(uid, claim), err)
         finally:
-            self._latest.pop(names.claim_uid(claim), None)
+            self._latest.pop(uid, None)
+
+    async def _record_intent(self, claim: Obj) -> Obj:
+        latest = await self.intent.record(claim)
+        self._latest[names.claim_uid(claim)] = latest
+        return latest
 
     async def _failed(self, claim: Obj, err: ProvisionError) -> NoReturn:
         """upstream `provisionVolumeErrorHandling` and the infeasible branch; always raises."""

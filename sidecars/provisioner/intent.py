@@ -5,8 +5,10 @@ PVC is deleted meanwhile (external-provisioner#486): the in-memory `claimsInProg
 the restart, the PVC is gone too, so nobody ever deletes the volume. We record the intent durably:
 
 * Just before the first CreateVolume of a claim, the finalizer `csi-sidecars.python/provisioning-intent`
-  is added to the PVC (a guarded JSON patch, common.kube.finalizers). If that fails, CreateVolume is
-  not called.
+  is added to the PVC. If that fails, CreateVolume is not called. The change is an update (PUT)
+  guarded by the claim's resourceVersion (a 409 re-reads and decides again), not the JSON patch of
+  common.kube.finalizers: upstream's RBAC grants `update` on PVCs but not `patch`, and a drop-in
+  replacement must work with it.
 * It is removed as soon as the PV is saved (the PV then owns the volume: Released + Delete → our
   deleter), or when the volume is confirmed gone.
 * A PVC being deleted that carries the finalizer and has no PV is *abandoned*: CreateVolume is
@@ -27,14 +29,14 @@ Remove it by hand after checking the volume:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
 from common.csi.errors import Outcome, classify, describe
-from common.kube.client import KubeClient
-from common.kube.finalizers import add_finalizer, remove_finalizer
+from common.kube.client import ApiError, KubeClient
 from common.kube.resources import PERSISTENT_VOLUME_CLAIMS
 from common.logging import get_logger
 from sidecars.provisioner import names
@@ -45,6 +47,7 @@ log = get_logger(__name__)
 
 Obj = dict[str, Any]
 
+MAX_ATTEMPTS = 5
 GIVE_UP_HINT = f"; to give up and risk leaking the volume, remove finalizer {names.INTENT_FINALIZER} by hand"
 
 
@@ -66,8 +69,8 @@ class Intent:
         if not self.enabled or recorded(claim):
             return claim
         try:
-            updated = await add_finalizer(self.kube, PERSISTENT_VOLUME_CLAIMS, claim, names.INTENT_FINALIZER)
-        except Exception as err:
+            updated = await self._set(claim, present=True)
+        except ApiError as err:
             raise ProvisionError(
                 f"recording the provisioning intent on the claim failed: {err}", ProvisioningState.NO_CHANGE
             ) from err
@@ -77,8 +80,34 @@ class Intent:
     async def clear(self, claim: Obj) -> None:
         """Remove the finalizer (a claim that is gone or without it counts as done)."""
         if recorded(claim):
-            await remove_finalizer(self.kube, PERSISTENT_VOLUME_CLAIMS, claim, names.INTENT_FINALIZER)
+            await self._set(claim, present=False)
             log.info("provisioning intent cleared", pvc=names.claim_key(claim), v=4)
+
+    async def _set(self, claim: Obj, *, present: bool) -> Obj:
+        """Put the finalizer on or off with an update; on a Conflict, read the claim again and retry."""
+        meta = claim["metadata"]
+        current = claim
+        for _ in range(MAX_ATTEMPTS):
+            finalizers = names.finalizers(current)
+            if (names.INTENT_FINALIZER in finalizers) == present:
+                return current
+            updated = copy.deepcopy(current)
+            updated["metadata"]["finalizers"] = (
+                [*finalizers, names.INTENT_FINALIZER]
+                if present
+                else [f for f in finalizers if f != names.INTENT_FINALIZER]
+            )
+            try:
+                return await self.kube.update(PERSISTENT_VOLUME_CLAIMS, updated)
+            except ApiError as err:
+                if err.not_found and not present:
+                    return current  # the claim is gone: nothing to clear
+                if not err.conflict:
+                    raise
+            current = await self.kube.get(
+                PERSISTENT_VOLUME_CLAIMS, meta["name"], namespace=meta.get("namespace")
+            )
+        raise ApiError(409, "Conflict", f"claim {names.claim_key(claim)} kept changing under us")
 
     async def abandon(self, claim: Obj, sc: Mapping[str, Any] | None) -> None:
         """The claim is being deleted and has no PV: find its volume by name, delete it, then clear.

@@ -37,17 +37,6 @@ class FakeKube:
             raise self.create_errors.pop(0)
         return obj
 
-    async def patch(self, resource: Any, name: str, patch: Any, **kw: Any) -> dict[str, Any]:
-        self.writes.append(("patch", resource.plural, patch))
-        added = any(op["op"] == "add" for op in patch)
-        return {
-            "metadata": {
-                "name": name,
-                "namespace": "default",
-                "finalizers": [names.INTENT_FINALIZER] if added else [],
-            }
-        }
-
     async def update(self, resource: Any, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
         self.writes.append(("update", resource.plural, copy.deepcopy(obj)))
         return obj
@@ -129,9 +118,9 @@ async def test_provisioned_claim_writes_intent_pv_and_events_in_order() -> None:
     claims.claims.store.put(pvc())
     await claims.sync(UID)
     assert [w[0:2] for w in kube.writes] == [
-        ("patch", "persistentvolumeclaims"),  # intent recorded before CreateVolume
+        ("update", "persistentvolumeclaims"),  # intent recorded before CreateVolume
         ("create", "persistentvolumes"),
-        ("patch", "persistentvolumeclaims"),  # intent cleared once saved
+        ("update", "persistentvolumeclaims"),  # intent cleared once saved
     ]
     assert len(controller.requests["CreateVolume"]) == 1
     assert reasons(events) == ["Provisioning", "ProvisioningSucceeded"]
@@ -193,8 +182,11 @@ async def test_resource_exhausted_on_the_selected_node_asks_for_a_reschedule() -
     controller.answers["CreateVolume"].append(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "full"))
     claims.claims.store.put(pvc(sc="late", annotations={names.ANN_SELECTED_NODE: "n1"}))
     await claims.sync(UID)  # no error: the scheduler takes it from here
-    update = [w for w in kube.writes if w[0] == "update"]
-    assert len(update) == 1 and names.ANN_SELECTED_NODE not in update[0][2]["metadata"]["annotations"]
+    intent, reschedule = [w[2]["metadata"] for w in kube.writes if w[0] == "update"]
+    assert (
+        intent["finalizers"] == [names.INTENT_FINALIZER] and names.ANN_SELECTED_NODE in intent["annotations"]
+    )
+    assert names.ANN_SELECTED_NODE not in reschedule["annotations"]
     assert events.recorded[-1] == (
         "Warning",
         "ProvisioningFailed",
@@ -237,5 +229,5 @@ async def test_deleted_claim_with_intent_and_no_pv_has_its_volume_deleted() -> N
     await claims.sync(UID)
     assert [r.name for r in controller.requests["CreateVolume"]] == [f"pvc-{UID}"]
     assert [r.volume_id for r in controller.requests["DeleteVolume"]] == ["v-1"]
-    assert kube.writes[-1][0:2] == ("patch", "persistentvolumeclaims")
+    assert kube.writes[-1][0:2] == ("update", "persistentvolumeclaims")
     assert not [w for w in kube.writes if w[1] == "persistentvolumes"]  # no PV for a deleted claim

@@ -53,14 +53,15 @@ class FakeController:
 
 
 class FakeKube:
-    """Only what the intent needs: JSON patches of claims."""
+    """Only what the intent needs: updates of claims (their finalizers)."""
 
     def __init__(self) -> None:
-        self.patches: list[Any] = []
+        self.updates: list[list[str]] = []
 
-    async def patch(self, resource: Any, name: str, patch: Any, **kw: Any) -> dict[str, Any]:
-        self.patches.append(patch)
-        return {"metadata": {"name": name, "finalizers": []}}
+    async def update(self, resource: Any, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        assert resource.plural == "persistentvolumeclaims" and obj["metadata"]["resourceVersion"]
+        self.updates.append(list(obj["metadata"].get("finalizers") or []))
+        return obj
 
 
 def claim(**meta: Any) -> dict[str, Any]:
@@ -69,6 +70,7 @@ def claim(**meta: Any) -> dict[str, Any]:
             "name": "data",
             "namespace": "default",
             "uid": UID,
+            "resourceVersion": "7",
             "annotations": {names.ANN_STORAGE_PROVISIONER: DRIVER},
             **meta,
         },
@@ -193,16 +195,14 @@ def intent_for(controller: FakeController) -> tuple[Intent, FakeKube]:
 async def test_abandon_finds_the_volume_by_name_deletes_it_then_clears_the_intent() -> None:
     controller = FakeController()
     intent, kube = intent_for(controller)
-    deleted = claim(finalizers=[names.INTENT_FINALIZER], deletionTimestamp="2026-01-01T00:00:00Z")
+    deleted = claim(
+        finalizers=["kubernetes.io/pvc-protection", names.INTENT_FINALIZER],
+        deletionTimestamp="2026-01-01T00:00:00Z",
+    )
     await intent.abandon(deleted, SC)
     assert [r.name for r in controller.requests["CreateVolume"]] == [f"pvc-{UID}"]
     assert [r.volume_id for r in controller.requests["DeleteVolume"]] == ["v-1"]
-    assert kube.patches == [
-        [
-            {"op": "test", "path": "/metadata/finalizers/0", "value": names.INTENT_FINALIZER},
-            {"op": "remove", "path": "/metadata/finalizers/0"},
-        ]
-    ]
+    assert kube.updates == [["kubernetes.io/pvc-protection"]]  # only our finalizer went
 
 
 async def test_abandon_a_final_error_means_nothing_to_delete() -> None:
@@ -210,7 +210,7 @@ async def test_abandon_a_final_error_means_nothing_to_delete() -> None:
     controller.answers["CreateVolume"].append(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED))
     intent, kube = intent_for(controller)
     await intent.abandon(claim(finalizers=[names.INTENT_FINALIZER]), SC)
-    assert not controller.requests["DeleteVolume"] and len(kube.patches) == 1
+    assert not controller.requests["DeleteVolume"] and kube.updates == [[]]
 
 
 async def test_abandon_keeps_the_intent_while_unsure() -> None:
@@ -219,12 +219,12 @@ async def test_abandon_keeps_the_intent_while_unsure() -> None:
     intent, kube = intent_for(controller)
     with pytest.raises(ProvisionError, match="looking up volume pvc-") as err:
         await intent.abandon(claim(finalizers=[names.INTENT_FINALIZER]), SC)
-    assert err.value.state is ProvisioningState.IN_BACKGROUND and not kube.patches
+    assert err.value.state is ProvisioningState.IN_BACKGROUND and not kube.updates
     with pytest.raises(
         ProvisionError, match=re.escape("remove finalizer csi-sidecars.python/provisioning-intent by hand")
     ):
         await intent.abandon(claim(finalizers=[names.INTENT_FINALIZER]), None)  # the StorageClass is gone
-    assert not kube.patches
+    assert not kube.updates
 
 
 async def test_record_is_skipped_when_disabled_or_present() -> None:
@@ -234,7 +234,7 @@ async def test_record_is_skipped_when_disabled_or_present() -> None:
     assert await intent.record(present) is present
     intent.enabled = False
     assert await intent.record(claim()) == claim()
-    assert not kube.patches
+    assert not kube.updates
 
 
 def pv(**fields: Any) -> dict[str, Any]:
