@@ -1,1 +1,9 @@
-"""sidecars/provisioner package."""
+"""csi-provisioner, a drop-in external-provisioner: PVCs become CSI volumes and PVs; released PVs are deleted.
+
+Modules: `cli` (flags → ProvisionerConfig), `names` (annotations, finalizers, keys, volume names),
+`secrets` (secret parameters and templates), `topology` (accessibility requirements, node
+affinity), `request` (the CreateVolumeRequest), `volume` (the PV), `state` (provisioning states),
+`provision` (CreateVolume → PV), `intent` (the provisioning-intent finalizer: no leak across
+restarts), `volumestore` (saving PVs, `unsavedpvs`), `claim` (the claim controller, `claims`),
+`deleter` (the volume controller, `volumes`), `controller` (wiring), `__main__` (entrypoint).
+"""
