@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers clean
+.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers bench-provisioner clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,9 @@ bench-apiserver: venv
 
 bench-informers: venv
 	$(PY) -m bench.informer_memory
+
+bench-provisioner: venv
+	$(PY) -m bench.provisioner_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -76,7 +76,7 @@ async def run_worker(
 def _failed(queue: WorkQueue[K], key: K, exc: Exception, *, name: str, give_up_after: int | None) -> None:
     requeues = queue.num_requeues(key)
     error = str(exc) or repr(exc)
-    trace = exc if enabled(4) else None  # the traceback at --v=4 and up
+    trace = exc if enabled(6) else None  # expected failures are common: a traceback only at --v=6
     if give_up_after is not None and requeues >= give_up_after:
         log.error("giving up", controller=name, key=str(key), error=error, retries=requeues, exc_info=trace)
         queue.forget(key)

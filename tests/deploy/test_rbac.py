@@ -89,13 +89,7 @@ FORBIDDEN_UPSTREAM_TOO: dict[str, set[Grant]] = {
 }
 """Requests upstream makes too without a grant; refused with 403 during the scenario, then reported."""
 
-KNOWN_GAPS: dict[str, set[Grant]] = {
-    # The provisioning-intent finalizer (sidecars/provisioner/intent.py, on by default) is added and
-    # removed with a JSON patch on the PVC; upstream's RBAC grants update, not patch, on claims. With
-    # upstream's RBAC the patch is refused and CreateVolume never runs. To fix in the provisioner
-    # (update with resourceVersion instead of patch): then remove this entry (the test says so).
-    "csi-provisioner": rules("", "persistentvolumeclaims", "patch"),
-}
+KNOWN_GAPS: dict[str, set[Grant]] = {}
 """Requests our sidecar makes that upstream's RBAC does not grant, known and to be fixed: xfail."""
 
 
