@@ -110,6 +110,10 @@ async def run_workers(
     `drain_timeout` seconds to finish what they hold (a half-done CSI call is worth finishing); then
     whatever still runs is cancelled.
     """
+    from common import once  # here: common.once imports this module
+
+    if (one_pass := once.current()) is not None:
+        sync = one_pass.watch(queue, sync, name=name)  # `--once`: record each key's outcome
     workers = {
         spawn(run_worker(queue, sync, name=name, give_up_after=give_up_after), name=f"worker {name}-{i}")
         for i in range(count)
