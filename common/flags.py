@@ -150,6 +150,11 @@ class FlagSet:
         """Whether the program defines flag `name`."""
         return name in self._flags
 
+    def takes_value(self, name: str) -> bool:
+        """Whether `-name` consumes the next argument when written without `=` (any non-boolean flag)."""
+        flag = self._flags.get(name)
+        return flag is not None and flag.kind != "boolean"
+
     def parse(self, argv: list[str]) -> Flags:
         """Parse `argv` (without the program name). Raises FlagError or HelpRequested."""
         values = {name: flag.default for name, flag in self._flags.items()}
@@ -309,6 +314,10 @@ _USAGE = {
     "leader-election-labels": "List of labels to add to lease when given replica becomes leader. Formatted "
     "as a comma seperated list of key:value labels. "
     "Example: 'my-label:my-value,my-second-label:my-second-value'",
+    "debug": "Try this sidecar locally: console logs at --v=5 (unless --v is given), no leader election; "
+    "with no cluster configured (--kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster) an embedded test-bed "
+    "API server, and without --csi-address a CSI test driver, run in this process.",
+    "once": "Reconcile the current state once and exit: 0 when every object synced, 1 when any failed.",
     "http-endpoint": "The TCP network address where the HTTP server for diagnostics, including metrics and "
     "leader election health check, will listen (example: `:8080`). The default is empty string, which means "
     "the server is disabled. Only one of `--metrics-address` and `--http-endpoint` can be set.",
@@ -350,6 +359,13 @@ def apply_logging_flags(flags: Flags, *, stream: TextIO | None = None) -> None:
         verbosity=flags.integer("v"), fmt="json" if fmt == "json" else "text", stream=stream or sys.stderr
     )
     flags.warn_unimplemented()
+
+
+def add_debug_flags(fs: FlagSet, *, once_usage: str = "") -> None:
+    """Our `--debug` and `--once` (no Go sidecar has them; common.debug and common.once act on them)."""
+    ours = "(python-csi-sidecars only) "
+    fs.boolean("debug", False, ours + _USAGE["debug"])
+    fs.boolean("once", False, ours + (once_usage or _USAGE["once"]))
 
 
 def add_automaxprocs(fs: FlagSet) -> None:

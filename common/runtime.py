@@ -35,6 +35,7 @@ from common.kube.informer import InformerFactory
 from common.leaderelection import LeaderElectionConfig, LeaderElector
 from common.logging import get_logger
 from common.metrics import Metrics
+from common.once import OncePass, describe_uids
 
 log = get_logger(__name__)
 
@@ -75,16 +76,25 @@ class StandardConfig:
     """`--metrics-address` (deprecated): metrics only."""
     metrics_path: str = "/metrics"
     """`--metrics-path` (/metrics)."""
+    debug: bool = False
+    """`--debug` (ours, false): no leader election, and `$KUBECONFIG` or ~/.kube/config when no
+    `--kubeconfig` is given (common.debug starts an embedded test bed when there is none)."""
+    once: bool = False
+    """`--once` (ours, false): one reconcile pass without leader election, then exit (common.once)."""
 
     @classmethod
     def from_flags(cls, flags: Flags) -> StandardConfig:
         check_http_flags(flags)
+        debug = flags.defined("debug") and flags.boolean("debug")
+        once = flags.defined("once") and flags.boolean("once")
         return cls(
+            debug=debug,
+            once=once,
             csi_address=flags.string("csi-address"),
             kubeconfig=flags.string("kubeconfig"),
             master=flags.string("master") if flags.defined("master") else "",
             timeout=flags.duration("timeout"),
-            leader_election=flags.boolean("leader-election"),
+            leader_election=flags.boolean("leader-election") and not (debug or once),
             leader_election_namespace=flags.string("leader-election-namespace"),
             lease_duration=flags.duration("leader-election-lease-duration"),
             renew_deadline=flags.duration("leader-election-renew-deadline"),
@@ -156,7 +166,10 @@ class Runtime:
             info = await csi.plugin_info()
             log.info("CSI driver name", driver=info.name, version=info.vendor_version)
             cluster = await load_cluster_config(
-                kubeconfig=config.kubeconfig, master=config.master, use_env=use_kubeconfig_env
+                kubeconfig=config.kubeconfig,
+                master=config.master,
+                use_env=use_kubeconfig_env,
+                allow_default_file=config.debug,
             )
             kube = KubeClient(
                 cluster,
@@ -226,7 +239,12 @@ class Runtime:
         return elector
 
     async def run(self, *, lock_name: str, controllers: Sequence[Controller]) -> None:
-        """Serve until cancelled; controllers and informers only while leading (if election is on)."""
+        """Serve until cancelled; controllers and informers only while leading (if election is on).
+
+        With `--once`: one reconcile pass (common.once), then return or raise OnceFailed (exit 1)."""
+        if self.config.once:
+            await self._run_once(controllers)
+            return
         elector = self.elector(lock_name) if self.config.leader_election else None
         endpoint = self._endpoint(elector)
         try:
@@ -252,3 +270,22 @@ class Runtime:
             log.info("caches synced, starting controllers", controllers=[c.name for c in controllers])
             for controller in controllers:
                 group.create_task(controller.run(), name=f"controller {controller.name}")
+
+    async def _run_once(self, controllers: Sequence[Controller]) -> None:
+        """Informers and controllers until every queue is empty and idle, with events written."""
+        one_pass = OncePass()
+        try:
+            with one_pass.active():
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(r.run(), name=f"events {r.component}") for r in self.recorders]
+                    lead = group.create_task(self._lead(controllers), name="controllers")
+                    idle = group.create_task(one_pass.wait_idle(), name="once: wait until idle")
+                    tasks += [lead, idle]
+                    await asyncio.wait([lead, idle], return_when=asyncio.FIRST_COMPLETED)
+                    for task in tasks:
+                        task.cancel(msg="reconcile pass finished")
+        finally:
+            for recorder in self.recorders:
+                await asyncio.shield(recorder.flush())
+        stores = {informer.name: informer.store for informer in self.factory.informers}
+        one_pass.result().raise_for_failures(describe_uids(stores))
