@@ -5,7 +5,7 @@ python -m sidecars.attacher --csi-address=/csi/csi.sock --leader-election --v=5
 
 from __future__ import annotations
 
-from common import entrypoint
+from common import debug, entrypoint
 from common.flags import apply_logging_flags, version
 from common.logging import get_logger
 from common.runtime import Runtime
@@ -37,7 +37,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, amain)
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.ATTACHER))
 
 
 if __name__ == "__main__":

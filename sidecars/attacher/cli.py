@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.featuregates import ATTACHER_GATES, add_feature_gates_flag, feature_gates
-from common.flags import Flags, FlagSet, add_logging_flags, add_standard_flags
+from common.flags import Flags, FlagSet, add_debug_flags, add_logging_flags, add_standard_flags
 from common.runtime import StandardConfig
 
 PROGRAM = "csi-attacher"
@@ -33,6 +33,7 @@ def build_flagset() -> FlagSet:
     add_standard_flags(fs, csi_timeout_default=15.0)
     add_logging_flags(fs)
     add_feature_gates_flag(fs, ATTACHER_GATES)
+    add_debug_flags(fs)
     fs.duration("resync", 600.0, "Resync interval of the controller.")
     fs.unsigned("worker-threads", 10, "Number of attacher worker threads")
     fs.integer("max-entries", 0, "Max entries per each page in volume lister call, 0 means no limit.")

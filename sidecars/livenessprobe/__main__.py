@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from common import entrypoint
+from common import debug, entrypoint
 from common.csi import CSIConnection
 from common.flags import apply_logging_flags
 from common.http import HttpEndpoint
@@ -44,12 +44,26 @@ def endpoints(config: LivenessProbeConfig, prober: Prober, metrics: Metrics) -> 
     return servers
 
 
+async def probe_once(config: LivenessProbeConfig, metrics: Metrics) -> int:
+    """`--once`: one /healthz answer printed (reaching the driver within --probe-timeout): 0 if 200."""
+    timeout = config.probe_timeout
+    async with await CSIConnection.connect(
+        config.csi_address, call_timeout=timeout, connect_timeout=timeout, recorder=metrics
+    ) as csi:
+        await csi.plugin_info()
+        status, body = await Prober(csi, timeout=config.probe_timeout, recorder=metrics).healthz()
+    print(status, body, flush=True)
+    return 0 if status == 200 else 1
+
+
 async def amain(argv: list[str]) -> int:
     """Parse, find the driver, serve /healthz until SIGTERM (see the module docstring)."""
     flags = entrypoint.parse_or_exit(build_flagset(), argv)
     apply_logging_flags(flags)
     config = LivenessProbeConfig.from_flags(flags)
     metrics = Metrics(process_collector=False)
+    if flags.boolean("once"):
+        return await probe_once(config, metrics)
     csi = await CSIConnection.connect(
         config.csi_address, call_timeout=None, connect_timeout=None, recorder=metrics
     )
@@ -71,7 +85,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, amain)
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.LIVENESSPROBE))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from common.flags import Flags, FlagSet, add_automaxprocs, add_logging_flags
+from common.flags import Flags, FlagSet, add_automaxprocs, add_debug_flags, add_logging_flags
 
 PROGRAM = "livenessprobe"
 
@@ -53,6 +53,9 @@ def build_flagset() -> FlagSet:
         "metrics-path",
         "/metrics",
         "The HTTP path where prometheus metrics will be exposed. Default is `/metrics`.",
+    )
+    add_debug_flags(
+        fs, once_usage="Probe the driver once, print the /healthz answer and exit: 0 healthy, 1 not."
     )
     return fs
 

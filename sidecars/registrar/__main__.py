@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from common import entrypoint
+from common import debug, entrypoint
 from common.csi import CSIConnection
 from common.flags import apply_logging_flags, version
 from common.http import HttpEndpoint
@@ -68,7 +68,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, amain)
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.REGISTRAR))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from common.flags import Flags, FlagSet, add_automaxprocs, add_logging_flags
+from common.flags import Flags, FlagSet, add_automaxprocs, add_debug_flags, add_logging_flags
 
 PROGRAM = "csi-node-driver-registrar"
 
@@ -69,6 +69,9 @@ def build_flagset() -> FlagSet:
     fs.string("mode", "", _MODE, deprecated="kubelet-registration-probe is a no-op; drop the exec probe")
     # Python has no pprof: the flag is accepted so existing DaemonSets start, and warns when set.
     fs.boolean("enable-pprof", False, "enable pprof profiling", implemented=False)
+    add_debug_flags(
+        fs, once_usage="Not supported: the registrar serves kubelet for as long as the driver runs."
+    )
     return fs
 
 
@@ -99,6 +102,10 @@ class RegistrarConfig:
     @classmethod
     def from_flags(cls, flags: Flags) -> RegistrarConfig:
         """Build the config; ConfigError (exit 1) for what upstream refuses after parsing."""
+        if flags.boolean("once"):
+            raise ConfigError(
+                "--once is not supported: the registrar has nothing to reconcile, it serves kubelet"
+            )
         registration_path = flags.string("kubelet-registration-path")
         if not registration_path:
             raise ConfigError("kubelet-registration-path is a required parameter")

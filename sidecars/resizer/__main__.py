@@ -10,7 +10,7 @@ events come from `external-resizer <driver>`.
 
 from __future__ import annotations
 
-from common import entrypoint
+from common import debug, entrypoint
 from common.errors import CapabilityError
 from common.flags import apply_logging_flags, version
 from common.kube.client import ApiError, KubeClient
@@ -101,7 +101,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, amain)
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.RESIZER))
 
 
 if __name__ == "__main__":

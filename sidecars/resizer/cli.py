@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.featuregates import RESIZER_GATES, add_feature_gates_flag, feature_gates
-from common.flags import Flags, FlagSet, add_logging_flags, add_standard_flags
+from common.flags import Flags, FlagSet, add_debug_flags, add_logging_flags, add_standard_flags
 from common.runtime import StandardConfig
 
 PROGRAM = "csi-resizer"
@@ -49,6 +49,7 @@ def build_flagset() -> FlagSet:
         "Defaults to true if not set.",
     )
     add_feature_gates_flag(fs, RESIZER_GATES)
+    add_debug_flags(fs)
     return fs
 
 
