@@ -15,6 +15,9 @@ or, without the annotation, `spec.csi.driver`:
   DeleteVolume, deleting the PV object and removing our finalizer.
 
 A failed delete is a `VolumeFailedDelete` Warning event on the PV and a retry; the PV stays.
+
+With `--node-deployment` (`node_topology` set) a PV whose node affinity does not admit this node's
+topology is left to the provisioner of its node ("PV was not provisioned on this node", logged).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sidecars.provisioner import names, secrets
 from sidecars.provisioner.cli import ProvisionerConfig
 from sidecars.provisioner.provision import Provisioner
 from sidecars.provisioner.state import ProvisionError
+from sidecars.provisioner.topology import volume_accessible
 
 log = get_logger(__name__)
 
@@ -96,6 +100,8 @@ class VolumeController:
         )
         self.deleted: set[str] = set()
         """UIDs of PVs whose volume and object this process deleted (the cache may lag behind)."""
+        self.node_topology: Mapping[str, str] | None = None
+        """`--node-deployment`: this node's NodeGetInfo topology; only PVs it admits are deleted."""
         self.volumes.add_handler(
             FuncHandler(add=self._enqueue, update=lambda _, new: self._enqueue(new), delete=self._forget)
         )
@@ -127,6 +133,9 @@ class VolumeController:
             return
         pv = await self._handle_finalizer(pv)
         if not should_delete(pv):
+            return
+        if self.node_topology is not None and not volume_accessible(pv, self.node_topology):
+            log.info("volume deletion ignored: PV was not provisioned on this node", pv=name, v=4)
             return
         class_name = str((pv.get("spec") or {}).get("storageClassName") or "")
         start = asyncio.get_running_loop().time()
@@ -183,6 +192,7 @@ class VolumeController:
             await self.provisioner.delete_volume(str(csi.get("volumeHandle", "")), credentials or {})
         except grpc.RpcError as err:
             raise DeleteError(describe(err)) from None
+        self.provisioner.deleted(pv)
 
     async def _secrets(self, pv: Obj) -> dict[str, str] | None:
         """upstream `handleSecretsForDeletion`."""

@@ -159,9 +159,9 @@ class Intent:
     async def _prepare(self, claim: Obj, sc: Mapping[str, Any]) -> Any:
         node = names.selected_node(claim) or ""
         try:
-            return await self.provisioner.builder.prepare(claim, sc, node)
+            return await self.provisioner.builder.prepare(claim, sc, node, protect=False)
         except ProvisionError as err:
             if not node or err.state is not ProvisioningState.RESCHEDULE:
                 raise
         # The selected node is gone for good: ask as for immediate binding (the volume exists by name).
-        return await self.provisioner.builder.prepare(claim, sc, "")
+        return await self.provisioner.builder.prepare(claim, sc, "", protect=False)

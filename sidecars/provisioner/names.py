@@ -30,6 +30,21 @@ INTENT_FINALIZER = "csi-sidecars.python/provisioning-intent"
 """Ours, not upstream's: on a PVC from before its first CreateVolume until its PV is saved or its
 volume is confirmed gone (sidecars.provisioner.intent)."""
 
+CLONE_FINALIZER = "provisioner.storage.kubernetes.io/cloning-protection"
+"""On a clone source PVC, from provisioning until no Pending PVC clones it (sidecars.provisioner.clone)."""
+SNAPSHOT_FINALIZER = "provisioner.storage.kubernetes.io/volumesnapshot-as-source-protection"
+"""On a VolumeSnapshot being restored, until its PVC is provisioned (sidecars.provisioner.snapshots)."""
+ANN_ALLOW_VOLUME_MODE_CHANGE = "snapshot.storage.kubernetes.io/allow-volume-mode-change"
+"""On a VolumeSnapshotContent: "true" allows restoring it with another volumeMode."""
+SNAPSHOT_KIND = "VolumeSnapshot"
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+PVC_KIND = "PersistentVolumeClaim"
+
+# CSIStorageCapacity labels (sidecars.provisioner.capacity).
+CAPACITY_DRIVER_LABEL = "csi.storage.k8s.io/drivername"
+CAPACITY_MANAGED_BY_LABEL = "csi.storage.k8s.io/managed-by"
+MANAGED_BY = "external-provisioner"
+
 PROVISIONER_ID_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 """The volumeAttributes key carrying this process's identity."""
 
@@ -135,3 +150,27 @@ def slim_node(obj: Obj) -> Obj:
     meta = obj.get("metadata") or {}
     kept = {k: meta[k] for k in ("name", "labels", "resourceVersion", "uid") if k in meta}
     return {"metadata": kept}
+
+
+def fnv1a_32(data: bytes) -> int:
+    """Go's `hash/fnv.New32a`."""
+    value = 0x811C9DC5
+    for byte in data:
+        value ^= byte
+        value = (value * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def name_with_max_length(base: str, suffix: str, max_length: int) -> str:
+    """external-provisioner's `getNameWithMaxLength` (from openshift's namer): `base-suffix`, or when
+    that is too long the base shortened and an FNV-1a hash added (`base-hash-suffix`, or `base-hash`
+    when even the suffix does not fit). Used for the managed-by label with `--node-deployment`."""
+    name = f"{base}-{suffix}"
+    if len(name) <= max_length:
+        return name
+    base_length = max_length - 10 - len(suffix)
+    if base_length < 0:
+        prefix = base[: min(len(base), max(0, max_length - 9))]
+        short = f"{prefix}-{fnv1a_32(name.encode()):08x}"
+        return short[: min(max_length, len(short))]
+    return f"{base[:base_length]}-{fnv1a_32(base.encode()):08x}-{suffix}"

@@ -14,8 +14,13 @@ The claim-side decisions (is it ours, which StorageClass, events) are the claim 
   is FINISHED; InvalidArgument is also "infeasible" (slow retry). The event text is Go's
   `rpc error: code = X desc = Y`;
 * an answer without volume_id is refused (nothing can be deleted or saved); an answer smaller than
-  requested is deleted again (up to 5 DeleteVolume calls within one `--timeout`) and retried
-  IN_BACKGROUND, as upstream.
+  requested, or without the content source a `dataSource` asked for ("volume content source
+  missing"), is deleted again (up to 5 DeleteVolume calls within one `--timeout`) and retried
+  IN_BACKGROUND, as upstream;
+* once the PV is built, a VolumeSnapshot source loses its protection finalizer again
+  (sidecars.provisioner.snapshots; a failure is only logged).
+
+`deleted(pv)` is called by the deleter after DeleteVolume succeeded: a hook for capacity tracking.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from common.logging import get_logger
 from proto import csi_pb2
 from sidecars.provisioner import names
 from sidecars.provisioner.request import Prepared, RequestBuilder
+from sidecars.provisioner.snapshots import release_snapshot
 from sidecars.provisioner.state import IgnoredClaim, ProvisionError, ProvisioningState
 from sidecars.provisioner.topology import TopologyCache
 from sidecars.provisioner.volume import PVSettings, build_pv
@@ -124,6 +130,15 @@ class Provisioner:
                     f". Cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
                 )
             raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
+        if self._wants_content_source(claim) and not volume.HasField("content_source"):
+            message = "volume content source missing"
+            try:
+                await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
+            except grpc.RpcError as err:
+                message += (
+                    f". cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
+                )
+            raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
         pv = build_pv(claim, sc, prepared, volume, self.settings)
         log.info(
             "successfully created PV",
@@ -133,7 +148,20 @@ class Provisioner:
             v=2,
         )
         self.topology_cache.delete(uid)
+        if self.builder.sources is not None:
+            await release_snapshot(self.builder.kube, claim)
         return pv, latest
+
+    def _wants_content_source(self, claim: Mapping[str, Any]) -> bool:
+        """`dataSource` is set, or a cross-namespace `dataSourceRef` with its gate on (upstream's test)."""
+        spec = claim.get("spec") or {}
+        if spec.get("dataSource"):
+            return True
+        namespace = (spec.get("dataSourceRef") or {}).get("namespace")
+        return bool(self.builder.config.cross_namespace_data_source and namespace)
+
+    def deleted(self, pv: Mapping[str, Any]) -> None:
+        """The volume of `pv` was deleted (a hook: capacity tracking refreshes its segments)."""
 
     async def create_volume(self, prepared: Prepared) -> Any:
         """One CreateVolume with `--timeout`; the csi_pb2.Volume (raises grpc.RpcError)."""

@@ -3,8 +3,9 @@
 In upstream's order, each failure with upstream's text and provisioning state:
 
 1. data source: another kind than VolumeSnapshot / PersistentVolumeClaim means an external
-   populator provisions the volume (Normal `Provisioning` event, claim ignored); snapshots and
-   clones come with "csi-provisioner II" and fail with FINISHED for now;
+   populator provisions the volume (Normal `Provisioning` event, claim ignored); a snapshot or a
+   clone source is checked and becomes `volume_content_source`, then gets its protection finalizer
+   (sidecars.provisioner.datasource) — after the capacity, before the topology, as upstream;
 2. the driver's capabilities (CONTROLLER_SERVICE, CREATE_DELETE_VOLUME, MODIFY_VOLUME for a VAC);
 3. `spec.selector` is not supported; the volume name `<prefix>-<uid>`;
 4. fsType: `csi.storage.k8s.io/fstype` (or the deprecated `fstype`, not both), else `--default-fstype`;
@@ -31,6 +32,7 @@ from common.quantity import QuantityError, to_bytes
 from proto import csi_pb2
 from sidecars.provisioner import names, secrets
 from sidecars.provisioner.cli import ProvisionerConfig
+from sidecars.provisioner.datasource import DataSources
 from sidecars.provisioner.state import IgnoredClaim, ProvisionError, ProvisioningState
 from sidecars.provisioner.topology import NodeView, TopologyCache, TopologyError, TopologyRequest
 from sidecars.provisioner.topology import accessibility_requirements as topology_requirements
@@ -206,6 +208,7 @@ class RequestBuilder:
         nodes: NodeView | None,
         topology_cache: TopologyCache,
         on_populator: PopulatorHook | None = None,
+        sources: DataSources | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
@@ -213,6 +216,8 @@ class RequestBuilder:
         self.nodes = nodes
         self.topology_cache = topology_cache
         self.on_populator = on_populator
+        self.sources = sources
+        """Snapshot and clone sources; None refuses them (FINISHED)."""
 
     def volume_name(self, claim: Mapping[str, Any]) -> str:
         cfg = self.config
@@ -243,8 +248,13 @@ class RequestBuilder:
             self.on_populator(claim)
         raise IgnoredClaim(f"data source ({source['kind']}) is not handled by the provisioner")
 
-    async def prepare(self, claim: Obj, sc: Mapping[str, Any], selected_node: str) -> Prepared:
-        """The request for `claim` of StorageClass `sc`; raises ProvisionError or IgnoredClaim."""
+    async def prepare(
+        self, claim: Obj, sc: Mapping[str, Any], selected_node: str, *, protect: bool = True
+    ) -> Prepared:
+        """The request for `claim` of StorageClass `sc`; raises ProvisionError or IgnoredClaim.
+
+        `protect`: put the protection finalizer on a snapshot or clone source (False for look-ups
+        that will not provision: a capacity check, a deleted claim's volume)."""
         snapshot, clone, source = self._check_data_source(claim)
         spec = claim.get("spec") or {}
         vac_name = (
@@ -265,12 +275,17 @@ class RequestBuilder:
         )
         request.capacity_range.required_bytes = requested_bytes(claim)
         if source is not None:
-            raise ProvisionError(
-                f"volume data sources are not supported yet: cannot provision from {source['kind']} "
-                f'"{source["name"]}"',
-                FINISHED,
-                stop=True,
-            )
+            if self.sources is None:
+                raise ProvisionError(
+                    f"volume data sources are not supported: cannot provision from {source['kind']} "
+                    f'"{source["name"]}"',
+                    FINISHED,
+                    stop=True,
+                )
+            resolved = await self.sources.resolve(claim, sc, source)
+            request.volume_content_source.CopyFrom(resolved.content_source)
+            if protect:
+                await self.sources.protect(resolved)
         if self.driver.topology:
             requirement = self._topology(claim, sc, selected_node)
             if requirement is not None:

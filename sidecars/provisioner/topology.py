@@ -350,3 +350,38 @@ def node_affinity(accessible_topology: Sequence[Mapping[str, str]]) -> dict[str,
     if not terms:
         return None
     return {"required": {"nodeSelectorTerms": terms}}
+
+
+def _requirement_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, op = str(expr.get("key", "")), expr.get("operator")
+    values = [str(v) for v in expr.get("values") or []]
+    if op == "In":
+        return key in labels and labels[key] in values
+    if op == "NotIn":
+        return not (key in labels and labels[key] in values)
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op in ("Gt", "Lt") and key in labels and len(values) == 1:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return have > want if op == "Gt" else have < want
+    return False
+
+
+def volume_accessible(pv: Mapping[str, Any], node_topology: Mapping[str, str]) -> bool:
+    """upstream `VolumeIsAccessible`: the PV's node affinity admits a node labelled `node_topology`
+    (NodeGetInfo's segments). No topology, or no required affinity, admits every node."""
+    required = ((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required")
+    if not node_topology or required is None:
+        return True
+    for term in required.get("nodeSelectorTerms") or []:
+        expressions = term.get("matchExpressions") or []
+        if term.get("matchFields"):
+            continue  # the node stand-in has no name, so metadata.name never matches (as upstream)
+        if expressions and all(_requirement_matches(e, node_topology) for e in expressions):
+            return True
+    return False

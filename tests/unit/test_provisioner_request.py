@@ -225,7 +225,7 @@ async def test_selector_is_refused() -> None:
         await prepare(builder(), make_claim(selector={"matchLabels": {"a": "b"}}))
 
 
-async def test_data_sources_are_refused_for_now_and_populators_are_left_alone() -> None:
+async def test_data_sources_without_a_resolver_are_refused_and_populators_are_left_alone() -> None:
     snap = make_claim(
         dataSource={"kind": "VolumeSnapshot", "name": "s1", "apiGroup": "snapshot.storage.k8s.io"}
     )
@@ -235,7 +235,7 @@ async def test_data_sources_are_refused_for_now_and_populators_are_left_alone() 
         name=DRIVER,
         controller_capabilities=frozenset({"CREATE_DELETE_VOLUME", "CREATE_DELETE_SNAPSHOT", "CLONE_VOLUME"}),
     )
-    with pytest.raises(ProvisionError, match="volume data sources are not supported yet") as err:
+    with pytest.raises(ProvisionError, match="volume data sources are not supported: cannot provision") as err:
         await prepare(builder(driver=capable), snap)
     assert err.value.stop and err.value.state is ProvisioningState.FINISHED
     clone = make_claim(dataSourceRef={"kind": "PersistentVolumeClaim", "name": "src"})
