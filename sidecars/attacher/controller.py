@@ -44,7 +44,7 @@ from sidecars.attacher.handler import (
     pv_index,
 )
 from sidecars.attacher.reconciler import list_published, mismatches
-from sidecars.attacher.request import finalizer_name, node_id_from_csinode
+from sidecars.attacher.request import finalizer_name, is_for, node_id_from_csinode
 from sidecars.attacher.status import has_finalizer, is_attached, is_deleting, should_enqueue
 
 log = get_logger(__name__)
@@ -122,7 +122,7 @@ class AttachController:
         return WorkQueue(name, limiter=limiter, metrics=metrics.workqueue(name))
 
     def _ours(self, va: Object) -> bool:
-        return (va.get("spec") or {}).get("attacher") == self.driver
+        return is_for(va, self.driver)
 
     def _node_index(self, va: Object) -> list[str]:
         node = (va.get("spec") or {}).get("nodeName")

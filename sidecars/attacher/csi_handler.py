@@ -44,22 +44,21 @@ from sidecars.attacher.handler import (
     patch_status,
 )
 from sidecars.attacher.request import (
-    NODE_ID_ANNOTATION,
     Publish,
     VolumeError,
+    attach_node_id,
+    attach_request,
+    attachable_pv,
     check_source,
     csi_source,
     csinode_error,
     decode_secret,
+    detach_node_id,
     finalizer_name,
     inline_spec_of,
-    meta,
-    node_id_from_csinode,
     node_id_from_node,
-    not_found,
     publish_of,
     pv_name_of,
-    volume_capability,
 )
 from sidecars.attacher.status import (
     attached_patch,
@@ -170,24 +169,17 @@ class CSIHandler:
     async def _attach(self, va: Object) -> tuple[Object, dict[str, str]]:
         check_source(va)
         pv_name = pv_name_of(va)
+        pv = None
         if pv_name is not None:
-            pv = self._listers.pvs.get(pv_name)
-            if pv is None:
-                raise not_found("persistentvolume", pv_name)
-            if is_deleting(pv):
-                raise VolumeError(f'PersistentVolume "{pv_name}" is marked for deletion')
+            pv = attachable_pv(pv_name, self._listers.pvs.get(pv_name))
             try:
                 pv = await add_finalizer(self._kube, PERSISTENT_VOLUMES, pv, self.finalizer)
             except ApiError as err:
                 raise VolumeError(f"could not add PersistentVolume finalizer: {err}") from err
-            spec: Mapping[str, Any] = pv.get("spec") or {}
-            source = csi_source(spec)
-        else:
-            spec = inline_spec_of(va) or {}
-            source = spec["csi"]
-        publish = publish_of(source, publish_readonly=self._caps.publish_readonly)
-        capability = volume_capability(
-            spec,
+        publish, capability = attach_request(
+            va,
+            pv,
+            publish_readonly=self._caps.publish_readonly,
             single_node_multi_writer=self._caps.single_node_multi_writer,
             default_fstype=self._settings.default_fstype,
         )
@@ -241,11 +233,9 @@ class CSIHandler:
 
     # -- node IDs -------------------------------------------------------------------------------
 
-    def _csinode_node_id(self, node_name: str) -> tuple[str | None, VolumeError]:
+    def _csinode(self, node_name: str) -> Object | None:
         csinodes = self._listers.csinodes
-        csinode = csinodes.get(node_name) if csinodes is not None else None
-        found = node_id_from_csinode(csinode, self.driver) if csinode is not None else None
-        return found, csinode_error(csinode, node_name, self.driver)
+        return csinodes.get(node_name) if csinodes is not None else None
 
     async def _legacy_node_id(self, node_name: str) -> str | None:
         """The Node's `csi.volume.kubernetes.io/nodeid` entry (beyond upstream); None if unknown."""
@@ -258,21 +248,19 @@ class CSIHandler:
 
     async def _attach_node_id(self, va: Object) -> str:
         node_name = str((va.get("spec") or {}).get("nodeName", ""))
-        found, err = self._csinode_node_id(node_name)
-        if found is None:
-            found = await self._legacy_node_id(node_name)
-        if found is None:
-            raise err
-        return found
+        csinode = self._csinode(node_name)
+        try:
+            return attach_node_id(node_name, self.driver, csinode=csinode)
+        except VolumeError:
+            legacy = await self._legacy_node_id(node_name)  # one GET, only when the CSINode lacks it
+            if legacy is None:
+                raise
+            return legacy
 
     def detach_node_id(self, va: Mapping[str, Any]) -> str | None:
         """Upstream's getNodeID(va): the CSINode entry, else the node ID the attach recorded on the VA."""
         node_name = str((va.get("spec") or {}).get("nodeName", ""))
-        found, _ = self._csinode_node_id(node_name)
-        if found is None:
-            recorded = (meta(va).get("annotations") or {}).get(NODE_ID_ANNOTATION)
-            found = str(recorded) if recorded is not None else None
-        return found
+        return detach_node_id(va, self.driver, csinode=self._csinode(node_name))
 
     # -- the detach -----------------------------------------------------------------------------
 
@@ -299,7 +287,7 @@ class CSIHandler:
             node_name = str((va.get("spec") or {}).get("nodeName", ""))
             node_id = await self._legacy_node_id(node_name)
             if node_id is None:
-                raise self._csinode_node_id(node_name)[1]
+                raise csinode_error(self._csinode(node_name), node_name, self.driver)
         request = csi_pb2.ControllerUnpublishVolumeRequest(
             volume_id=publish.volume_id, node_id=node_id, secrets=secrets
         )

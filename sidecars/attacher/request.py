@@ -192,6 +192,68 @@ def csinode_error(csinode: Mapping[str, Any] | None, node_name: str, driver: str
     return VolumeError(f"CSINode {node_name} does not contain driver {driver}")
 
 
+# The decisions of one attach or detach, given the objects (the CSI handler and `explain` call them).
+
+
+def is_for(va: Mapping[str, Any], driver: str) -> bool:
+    """The VolumeAttachment names this driver as its attacher (`spec.attacher`)."""
+    return (va.get("spec") or {}).get("attacher") == driver
+
+
+def attachable_pv(pv_name: str, pv: Object | None) -> Object:
+    """The PV of an attach: VolumeError when it is missing or marked for deletion (upstream's checks)."""
+    if pv is None:
+        raise not_found("persistentvolume", pv_name)
+    if meta(pv).get("deletionTimestamp"):
+        raise VolumeError(f'PersistentVolume "{pv_name}" is marked for deletion')
+    return pv
+
+
+def attach_request(
+    va: Mapping[str, Any],
+    pv: Mapping[str, Any] | None,
+    *,
+    publish_readonly: bool,
+    single_node_multi_writer: bool,
+    default_fstype: str,
+) -> tuple[Publish, csi_pb2.VolumeCapability]:
+    """What ControllerPublishVolume will carry for `va` (`pv` None: an inline volume); VolumeError for a
+    PV without a CSI source or access modes CSI cannot express."""
+    if pv is not None:
+        spec: Mapping[str, Any] = pv.get("spec") or {}
+        source = csi_source(spec)
+    else:
+        spec = inline_spec_of(va) or {}
+        source = spec["csi"]
+    publish = publish_of(source, publish_readonly=publish_readonly)
+    capability = volume_capability(
+        spec, single_node_multi_writer=single_node_multi_writer, default_fstype=default_fstype
+    )
+    return publish, capability
+
+
+def attach_node_id(
+    node_name: str, driver: str, *, csinode: Mapping[str, Any] | None, node: Mapping[str, Any] | None = None
+) -> str:
+    """The node ID to attach to: the CSINode's entry for the driver, else (beyond upstream) the Node's
+    legacy annotation; VolumeError saying what the CSINode lacks."""
+    found = node_id_from_csinode(csinode, driver) if csinode is not None else None
+    if found is None and node is not None:
+        found = node_id_from_node(node, driver)
+    if found is None:
+        raise csinode_error(csinode, node_name, driver)
+    return found
+
+
+def detach_node_id(va: Mapping[str, Any], driver: str, *, csinode: Mapping[str, Any] | None) -> str | None:
+    """Upstream's getNodeID(va): the CSINode entry, else the node ID the attach recorded on the VA."""
+    found = node_id_from_csinode(csinode, driver) if csinode is not None else None
+    if found is None:
+        recorded = (meta(va).get("annotations") or {}).get(NODE_ID_ANNOTATION)
+        found = str(recorded) if recorded is not None else None
+    return found
+
+
 def decode_secret(secret: Mapping[str, Any]) -> dict[str, str]:
     """A Secret's `data` as CSI secrets (values base64-decoded; `stringData` is never served)."""
     return {
