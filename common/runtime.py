@@ -8,6 +8,15 @@ separate one for leader election → the HTTP endpoint.
 watch (reconnects), the event recorders, and — only while this replica leads, as upstream starts
 informers inside the leader callback — the informers and the controllers.
 
+Several controller groups (a combined process, `sidecars.combined`, which builds each group on a view of
+the runtime with that sidecar's standard config and records the shared informers it uses):
+`run_groups()` runs one leader election per group (its own Lease, `leader_election_master_status`
+labelled with the lease name) and, while a group leads, its controllers. An informer starts when the
+first group using it leads and runs until the process stops: a lost Lease ends the process (exit 1) as
+in a single sidecar, so there is no "stopped leading, keep serving" state to undo. A standby group's
+handlers already see the events of informers another group started; they only queue keys, which its
+workers take once it leads.
+
 Stop (SIGTERM cancels the main task), in stages:
   1. informers stop (no new keys),
   2. each controller's queue drains in-flight keys for a bounded time, then its workers are cancelled,
@@ -19,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.backoff import TokenBucket
 from common.csi import CSIConnection
@@ -31,8 +40,8 @@ from common.http import HttpEndpoint
 from common.kube.client import KubeClient
 from common.kube.config import load_cluster_config, pod_namespace
 from common.kube.events import EventRecorder
-from common.kube.informer import InformerFactory
-from common.leaderelection import LeaderElectionConfig, LeaderElector
+from common.kube.informer import Informer, InformerFactory
+from common.leaderelection import LeaderElectionConfig, LeaderElector, sanitize_name
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.once import OncePass, describe_uids
@@ -123,6 +132,27 @@ def token_bucket(qps: float, burst: int) -> TokenBucket:
     return TokenBucket(qps if qps > 0 else math.inf, max(burst, 1))
 
 
+async def _first_unhealthy(electors: Iterable[LeaderElector]) -> tuple[int, str]:
+    """`/healthz/leader-election` of several leases: the first failing one, else ok."""
+    for elector in electors:
+        if (found := await elector.healthz())[0] != 200:
+            return found
+    return 200, "ok"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerGroup:
+    """Controllers that lead together under one Lease: one sidecar's worth in a combined process."""
+
+    lock_name: str
+    """The unsanitized lock name, as that sidecar alone uses it (`external-attacher-leader-<driver>`)."""
+    controllers: Sequence[Controller]
+    informers: Sequence[Informer]
+    """The shared informers the controllers read: started when the group first leads."""
+    config: StandardConfig
+    """That sidecar's standard flags: whether and how it elects (lease timings, labels)."""
+
+
 @dataclass(kw_only=True)
 class Runtime:
     """The connections of one controller sidecar process (see the module docstring)."""
@@ -200,6 +230,66 @@ class Runtime:
         self.recorders.append(recorder)
         return recorder
 
+    async def run_groups(self, groups: Sequence[ControllerGroup]) -> None:
+        """Like `run`, for several groups: one Lease each, shared informers (see the module docstring).
+
+        With `--once`: one reconcile pass of every group's controllers, as `run` does it."""
+        if self.config.once:
+            await self.run(lock_name="", controllers=[c for group in groups for c in group.controllers])
+            return
+        electors = {
+            group.lock_name: self.elector(
+                group.lock_name, config=group.config, status_name=sanitize_name(group.lock_name)
+            )
+            for group in groups
+            if group.config.leader_election
+        }
+        endpoint = self._endpoint(None)
+        if endpoint is not None and electors and self.config.http_endpoint:
+            endpoint.add_check("/healthz/leader-election", lambda: _first_unhealthy(electors.values()))
+        started: set[int] = set()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                if endpoint is not None:
+                    tasks.create_task(endpoint.serve(), name="http")
+                tasks.create_task(self.csi.watch_connection(), name="csi connection")
+                for recorder in self.recorders:
+                    tasks.create_task(recorder.run(), name=f"events {recorder.component}")
+                for group in groups:
+                    lead = self._lead_group(tasks, group, started)
+                    elector = electors.get(group.lock_name)
+                    if elector is None:
+                        tasks.create_task(lead(), name=f"controllers {group.lock_name}")
+                    else:
+                        tasks.create_task(elector.run(lead), name=f"leader-election {group.lock_name}")
+        finally:
+            for recorder in self.recorders:
+                await asyncio.shield(recorder.flush())
+
+    def _lead_group(
+        self, tasks: asyncio.TaskGroup, group: ControllerGroup, started: set[int]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """One group's lead callback: its informers not yet running start in `tasks`, the process's task
+        group, where they serve every group until the process stops; then its controllers run."""
+
+        async def lead() -> None:
+            for informer in group.informers:
+                if id(informer) not in started:
+                    started.add(id(informer))
+                    tasks.create_task(informer.run(), name=f"informer {informer.name}")
+                    if informer.resync > 0:
+                        tasks.create_task(informer.run_resync(), name=f"resync {informer.name}")
+            await asyncio.gather(*(informer.wait_synced() for informer in group.informers))
+            names = [c.name for c in group.controllers]
+            log.info(
+                "caches synced, starting controllers", lease=sanitize_name(group.lock_name), controllers=names
+            )
+            async with asyncio.TaskGroup() as running:
+                for controller in group.controllers:
+                    running.create_task(controller.run(), name=f"controller {controller.name}")
+
+        return lead
+
     def _endpoint(self, elector: LeaderElector | None) -> HttpEndpoint | None:
         config = self.config
         if config.http_endpoint:
@@ -218,8 +308,12 @@ class Runtime:
             )
         return None
 
-    def elector(self, lock_name: str) -> LeaderElector:
-        config = self.config
+    def elector(
+        self, lock_name: str, *, config: StandardConfig | None = None, status_name: str = ""
+    ) -> LeaderElector:
+        """An elector for `lock_name` with `config`'s election flags (default: the runtime's);
+        `status_name` labels its `leader_election_master_status` series."""
+        config = config or self.config
         election_recorder = EventRecorder(self.election_client, component=f"{lock_name}/")
         elector = LeaderElector(
             self.election_client,
@@ -232,7 +326,7 @@ class Runtime:
                 labels=config.leader_election_labels,
             ),
             recorder=election_recorder,
-            report_status=self.metrics.leader_election(""),
+            report_status=self.metrics.leader_election(status_name),
         )
         election_recorder.component = f"{lock_name}/{elector.config.identity}"
         self.recorders.append(election_recorder)
