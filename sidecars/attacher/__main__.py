@@ -9,6 +9,7 @@ from common import debug, entrypoint
 from common.flags import apply_logging_flags, version
 from common.logging import get_logger
 from common.runtime import Runtime
+from sidecars.attacher import explain
 from sidecars.attacher.cli import PROGRAM, AttacherConfig, build_flagset
 from sidecars.attacher.controller import AttachController
 from sidecars.attacher.handler import discover
@@ -37,7 +38,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.ATTACHER))
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.ATTACHER, explain=explain.amain))
 
 
 if __name__ == "__main__":
