@@ -23,6 +23,7 @@ resizer gets an event saying why it cannot be expanded.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from common.backoff import ItemExponential
@@ -71,6 +72,40 @@ def should_enqueue(old: Mapping[str, Any], new: Mapping[str, Any], *, recovery: 
     if _size_changed(c.status_capacity(old), c.status_capacity(new), grew_only=True):
         return True  # the node finished: drop the pre-resize annotation
     return recovery and c.resize_status(old) != c.resize_status(new)
+
+
+class Look(Enum):
+    """What `sync` does with a claim, given its PV (`look_at`)."""
+
+    UNBOUND = "the claim is not bound to a volume yet"
+    PV_MISSING = "its PersistentVolume does not exist"
+    NOT_OURS = "its PersistentVolume is not a CSI volume of this driver"
+    OTHER_CLAIM = "its PersistentVolume is not bound to this claim"
+    SIZES = "compare the sizes"
+
+
+def look_at(pvc: Mapping[str, Any], pv: Mapping[str, Any] | None, resizer: Resizer) -> Look:
+    """syncPVC's checks before the sizes, in its order (`pv` is the claim's volume from the cache)."""
+    if not (pvc.get("spec") or {}).get("volumeName"):
+        return Look.UNBOUND
+    if pv is None:
+        return Look.PV_MISSING
+    if not resizer.can_support(pv):
+        return Look.NOT_OURS
+    if not c.bound_to(pv, pvc):
+        return Look.OTHER_CLAIM
+    return Look.SIZES
+
+
+def drops_pre_resize_annotation(
+    pvc: Mapping[str, Any], pv: Mapping[str, Any], *, annotate_fs_resize: bool
+) -> bool:
+    """AnnotateFsResize: the PV's pre-resize-capacity annotation goes once the claim caught up."""
+    return (
+        annotate_fs_resize
+        and c.ANN_PRE_RESIZE_CAPACITY in c.annotations_of(pv)
+        and c.node_expand_complete(pvc, pv)
+    )
 
 
 class ResizeController:
@@ -150,17 +185,18 @@ class ResizeController:
             log.info("PVC is deleted or does not exist", pvc=key, v=3)
             return
         volume_name = (pvc.get("spec") or {}).get("volumeName")
-        if not volume_name:
+        pv = self.volumes.get(str(volume_name)) if volume_name else None
+        look = look_at(pvc, pv, self.resizer)
+        if look is Look.UNBOUND:
             log.info("PV bound to PVC is not created yet", pvc=key, v=4)
             return
-        pv = self.volumes.get(str(volume_name))
         if pv is None:
             log.info("PV bound to PVC not found", pv=volume_name, pvc=key)
             return
-        if not self.resizer.can_support(pv):
+        if look is Look.NOT_OURS:
             self._not_ours(pvc, pv)
             return
-        if not c.bound_to(pv, pvc):
+        if look is Look.OTHER_CLAIM:
             log.info("persistent volume is not bound to PVC being updated", pvc=key, v=4)
             return
         try:
@@ -171,11 +207,7 @@ class ResizeController:
             log.error("invalid storage size", pvc=key, error=str(exc))
 
     async def _sync_claim(self, pvc: Obj, pv: Obj) -> None:
-        if (
-            self.config.annotate_fs_resize
-            and c.ANN_PRE_RESIZE_CAPACITY in c.annotations_of(pv)
-            and c.node_expand_complete(pvc, pv)
-        ):
+        if drops_pre_resize_annotation(pvc, pv, annotate_fs_resize=self.config.annotate_fs_resize):
             await self.expander.writer.patch_volume(pv, c.without_pre_resize_annotation(pv))
         if not c.needs_resize(pvc):
             log.info("no need to resize PVC", pvc=c.key_of(pvc), v=4)
