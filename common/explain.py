@@ -18,10 +18,11 @@ each of its finalizers. The per-sidecar reasoning lives in `sidecars/<name>/expl
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,8 +34,10 @@ from common.errors import ConfigError, FlagError, SidecarError
 from common.flags import Flags, FlagSet, HelpRequested, version
 from common.kube.client import ApiError, KubeClient
 from common.kube.config import load_cluster_config
+from common.kube.informer import Informer, InformerFactory
 from common.kube.resources import EVENTS, Resource
-from common.runtime import StandardConfig
+from common.metrics import Metrics
+from common.runtime import Runtime, StandardConfig
 
 Obj = dict[str, Any]
 
@@ -209,6 +212,23 @@ class Session:
         finally:
             await kube.close()
 
+    def runtime(self, config: StandardConfig) -> Runtime:
+        """A Runtime on this session's connections, to build the sidecar's controllers exactly as its main
+        does. Nothing in it ever runs: their informers stay unstarted (`seed` fills their caches) and
+        their event recorders are never written out."""
+        if self.csi is None:
+            raise SidecarError("the CSI driver is not reachable")
+        return Runtime(
+            program=self.program,
+            config=config,
+            metrics=Metrics(),
+            csi=self.csi,
+            kube=self.kube,
+            election_client=self.kube,
+            factory=InformerFactory(self.kube),
+            driver_name=self.driver.name,
+        )
+
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj | None:
         """The object, or None when it does not exist."""
         try:
@@ -229,6 +249,12 @@ class Session:
             field_selector=f"involvedObject.uid={meta['uid']}",
         )
         return sorted(found.get("items") or [], key=_event_time)
+
+
+def seed(informer: Informer, objects: Iterable[Mapping[str, Any]]) -> None:
+    """Put objects read by explain into an unstarted informer's cache, as its list would (transformed)."""
+    for obj in objects:
+        informer.store.put(informer.transform(copy.deepcopy(dict(obj))))
 
 
 # ----------------------------------------------------------------------------- shared facts
