@@ -3,15 +3,21 @@
 Startup as external-provisioner: connect, probe, GetPluginInfo (the driver name is the provisioner
 name), plugin and controller capabilities. A driver without CONTROLLER_SERVICE or
 CREATE_DELETE_VOLUME cannot provision anything: the process exits 1 saying so (upstream keeps
-running and fails every claim). `$KUBECONFIG` overrides `--kubeconfig`. The Lease is the sanitized
-driver name (`hostpath-csi-k8s-io`); informers resync every hour, as upstream's shared factory.
+running and fails every claim). With `--node-deployment`, NodeGetInfo gives this node's id and
+topology. The VolumeAttributesClass gate, unless set on the command line, is turned off when the API
+server does not serve storage.k8s.io/v1 volumeattributesclasses (upstream's auto-disable).
+`$KUBECONFIG` overrides `--kubeconfig`. The Lease is the sanitized driver name
+(`hostpath-csi-k8s-io`); informers resync every hour, as upstream's shared factory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from common import entrypoint
 from common.errors import CapabilityError
 from common.flags import apply_logging_flags, version
+from common.kube.client import ApiError, KubeClient
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Runtime
@@ -34,6 +40,12 @@ async def discover(rt: Runtime, config: ProvisionerConfig) -> Driver:
         controller_capabilities=await rt.csi.controller_capabilities(),
         topology_gate=config.topology,
     )
+    if config.node_deployment:
+        info = await rt.csi.node_info()
+        driver = dataclasses.replace(
+            driver, node_id=info.node_id, node_topology=tuple(sorted(info.accessible_topology.items()))
+        )
+        log.info("using local topology", node=config.node_name, topology=dict(driver.node_topology))
     try:
         driver.check()
     except ProvisionError as err:
@@ -48,6 +60,26 @@ async def discover(rt: Runtime, config: ProvisionerConfig) -> Driver:
     return driver
 
 
+async def serves_volume_attributes_classes(kube: KubeClient) -> bool:
+    """Discovery: does the API server serve storage.k8s.io/v1 volumeattributesclasses?"""
+    try:
+        found = await kube.request("GET", "/apis/storage.k8s.io/v1")
+    except ApiError as exc:
+        log.info("API discovery of storage.k8s.io/v1 failed", error=str(exc), v=2)
+        return False
+    return any(r.get("name") == "volumeattributesclasses" for r in found.get("resources") or ())
+
+
+async def settle_gates(rt: Runtime, config: ProvisionerConfig) -> ProvisionerConfig:
+    """VolumeAttributesClass on by default is turned off when the API is absent (upstream's rule)."""
+    if not config.volume_attributes_class or config.volume_attributes_class_explicit:
+        return config
+    if await serves_volume_attributes_classes(rt.kube):
+        return config
+    log.info("VolumeAttributesClass API not available, disabling the VolumeAttributesClass feature")
+    return dataclasses.replace(config, volume_attributes_class=False)
+
+
 async def amain(argv: list[str]) -> int:
     flags = entrypoint.parse_or_exit(build_flagset(), argv)
     apply_logging_flags(flags)
@@ -57,6 +89,7 @@ async def amain(argv: list[str]) -> int:
     async with Runtime.open(
         PROGRAM, config.standard, use_kubeconfig_env=True, resync=RESYNC_PERIOD, metrics=metrics
     ) as rt:
+        config = await settle_gates(rt, config)
         driver = await discover(rt, config)
         provision = build(rt, config, driver)
         await rt.run(lock_name=lock_name(driver.name), controllers=provision.controllers)

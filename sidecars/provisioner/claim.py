@@ -16,13 +16,16 @@ StorageClass UID changes); a reschedule removes `volume.kubernetes.io/selected-n
 
 Claims carrying the provisioning intent (sidecars.provisioner.intent) also get: the intent cleared
 once their PV exists, and, when deleted before any PV was saved, their volume found and deleted.
+
+With `--node-deployment`, `node_check` (sidecars.provisioner.nodedeployment) decides after
+`should_provision` whether this node takes the claim (and claims unselected Immediate ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 from common.backoff import ItemExponential
@@ -94,6 +97,8 @@ class ClaimController:
         """UIDs of those whose intent this process cleared (the cache may still show it)."""
         self.slow: dict[str, tuple[float, str]] = {}
         """UID → (when CreateVolume said InvalidArgument, StorageClass UID then)."""
+        self.node_check: Callable[[Obj], Awaitable[bool]] | None = None
+        """`--node-deployment`: True when this node provisions the claim now (may raise Requeue)."""
         self._latest: dict[str, Obj] = {}
         """UID → the claim as our intent update left it, during its provisioning attempt (the cache
         may not show that resourceVersion yet)."""
@@ -147,6 +152,8 @@ class ClaimController:
             return
         self._delay_if_recently_infeasible(claim)
         if not self.should_provision(claim):
+            return
+        if self.node_check is not None and not await self.node_check(claim):
             return
         start = asyncio.get_running_loop().time()
         try:

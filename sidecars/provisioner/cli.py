@@ -10,14 +10,22 @@ standard flags (§0.2, `--timeout` 10s, plus `--master`) and the logging flags (
 
 and one flag of ours: `--persist-provisioning-intent` (default true), see `sidecars.provisioner.intent`.
 
-Accepted but not implemented yet (they log a warning when set; "csi-provisioner II" brings them):
-data-source flags (`--cloning-protection-threads`, `--snapshot-orphan-sweep-interval`,
-`--prevent-volume-mode-conversion`), capacity tracking (`--enable-capacity`, `--capacity-*`,
-`--kube-api-capacity-*`), distributed provisioning (`--node-deployment*`) and `--enable-pprof`.
+Data sources: `--cloning-protection-threads 1`, `--snapshot-orphan-sweep-interval 5m`,
+`--prevent-volume-mode-conversion` (true). Capacity tracking: `--enable-capacity`,
+`--capacity-threads 1`, `--capacity-poll-interval 1m`, `--capacity-for-immediate-binding`,
+`--capacity-ownerref-level 1`, `--kube-api-capacity-qps 1`, `--kube-api-capacity-burst 5`, with the
+environment variables `NAMESPACE` and (ownerref level >= 0) `POD_NAME`. Distributed provisioning:
+`--node-deployment` (environment `NODE_NAME`), `--node-deployment-immediate-binding` (true),
+`--node-deployment-base-delay 20s`, `--node-deployment-max-delay 60s`.
+
+Accepted but not implemented (a warning when set): `--enable-pprof` (there is no Go runtime to
+profile; the HTTP endpoint serves no `/debug/pprof/`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.errors import ConfigError
@@ -105,25 +113,22 @@ def build_flagset() -> FlagSet:
     fs.string("default-fstype", "", _USAGE["default-fstype"])
     fs.boolean("controller-publish-readonly", False, _USAGE["controller-publish-readonly"])
     fs.boolean("persist-provisioning-intent", True, _USAGE["persist-provisioning-intent"])
-    # Data sources, capacity tracking and distributed provisioning: "csi-provisioner II".
-    later: FlagOptions = {"implemented": False}
-    fs.unsigned("cloning-protection-threads", 1, _USAGE["cloning-protection-threads"], **later)
-    fs.duration("snapshot-orphan-sweep-interval", 300.0, _USAGE["snapshot-orphan-sweep-interval"], **later)
-    fs.boolean("prevent-volume-mode-conversion", True, _USAGE["prevent-volume-mode-conversion"], **later)
-    fs.unsigned("capacity-threads", 1, _USAGE["capacity-threads"], **later)
-    fs.floating("kube-api-capacity-qps", 1.0, _USAGE["kube-api-capacity-qps"], **later)
-    fs.integer("kube-api-capacity-burst", 5, _USAGE["kube-api-capacity-burst"], **later)
-    fs.boolean("enable-capacity", False, _USAGE["enable-capacity"], **later)
-    fs.boolean("capacity-for-immediate-binding", False, _USAGE["capacity-for-immediate-binding"], **later)
-    fs.duration("capacity-poll-interval", 60.0, _USAGE["capacity-poll-interval"], **later)
-    fs.integer("capacity-ownerref-level", 1, _USAGE["capacity-ownerref-level"], **later)
-    fs.boolean("node-deployment", False, _USAGE["node-deployment"], **later)
-    fs.boolean(
-        "node-deployment-immediate-binding", True, _USAGE["node-deployment-immediate-binding"], **later
-    )
-    fs.duration("node-deployment-base-delay", 20.0, _USAGE["node-deployment-base-delay"], **later)
-    fs.duration("node-deployment-max-delay", 60.0, _USAGE["node-deployment-max-delay"], **later)
-    fs.boolean("enable-pprof", False, _USAGE["enable-pprof"], **later)
+    fs.unsigned("cloning-protection-threads", 1, _USAGE["cloning-protection-threads"])
+    fs.duration("snapshot-orphan-sweep-interval", 300.0, _USAGE["snapshot-orphan-sweep-interval"])
+    fs.boolean("prevent-volume-mode-conversion", True, _USAGE["prevent-volume-mode-conversion"])
+    fs.unsigned("capacity-threads", 1, _USAGE["capacity-threads"])
+    fs.floating("kube-api-capacity-qps", 1.0, _USAGE["kube-api-capacity-qps"])
+    fs.integer("kube-api-capacity-burst", 5, _USAGE["kube-api-capacity-burst"])
+    fs.boolean("enable-capacity", False, _USAGE["enable-capacity"])
+    fs.boolean("capacity-for-immediate-binding", False, _USAGE["capacity-for-immediate-binding"])
+    fs.duration("capacity-poll-interval", 60.0, _USAGE["capacity-poll-interval"])
+    fs.integer("capacity-ownerref-level", 1, _USAGE["capacity-ownerref-level"])
+    fs.boolean("node-deployment", False, _USAGE["node-deployment"])
+    fs.boolean("node-deployment-immediate-binding", True, _USAGE["node-deployment-immediate-binding"])
+    fs.duration("node-deployment-base-delay", 20.0, _USAGE["node-deployment-base-delay"])
+    fs.duration("node-deployment-max-delay", 60.0, _USAGE["node-deployment-max-delay"])
+    unimplemented: FlagOptions = {"implemented": False}
+    fs.boolean("enable-pprof", False, _USAGE["enable-pprof"], **unimplemented)
     return fs
 
 
@@ -165,16 +170,67 @@ class ProvisionerConfig:
     """Feature gate `Topology` (GA, true): use accessibility requirements when the driver supports them."""
     volume_attributes_class: bool = True
     """Feature gate `VolumeAttributesClass` (GA, true): a claim's VAC parameters become mutable_parameters."""
+    volume_attributes_class_explicit: bool = False
+    """Feature gate `VolumeAttributesClass` named on the command line; if not, it is turned off when
+    the API server does not serve storage.k8s.io/v1 volumeattributesclasses (as upstream)."""
     cross_namespace_data_source: bool = False
-    """Feature gate `CrossNamespaceVolumeDataSource` (alpha, false): recorded for "csi-provisioner II"."""
+    """Feature gate `CrossNamespaceVolumeDataSource` (alpha, false): allow `dataSourceRef.namespace`
+    (ReferenceGrants are not checked yet)."""
+    cloning_protection_threads: int = 1
+    """`--cloning-protection-threads` (1): workers removing the clone finalizer from deleted sources."""
+    snapshot_orphan_sweep_interval: float = 300.0
+    """`--snapshot-orphan-sweep-interval`, seconds (5m): orphaned snapshot-finalizer sweep; 0 disables."""
+    prevent_volume_mode_conversion: bool = True
+    """`--prevent-volume-mode-conversion` (true): a restore that changes volumeMode needs the
+    `snapshot.storage.kubernetes.io/allow-volume-mode-change: "true"` annotation on the content."""
+    enable_capacity: bool = False
+    """`--enable-capacity` (false): publish CSIStorageCapacity objects in `$NAMESPACE`."""
+    capacity_threads: int = 1
+    """`--capacity-threads` (1): CSIStorageCapacity workers."""
+    capacity_poll_interval: float = 60.0
+    """`--capacity-poll-interval`, seconds (1m): how often every capacity is asked again."""
+    capacity_for_immediate_binding: bool = False
+    """`--capacity-for-immediate-binding` (false): also publish for Immediate StorageClasses."""
+    capacity_ownerref_level: int = 1
+    """`--capacity-ownerref-level` (1): owner of the objects, counted up from the Pod `$POD_NAME`:
+    -1 none, 0 the Pod, 1 its ReplicaSet/StatefulSet/DaemonSet, 2 a Deployment..."""
+    kube_api_capacity_qps: float = 1.0
+    """`--kube-api-capacity-qps` (1): request rate of the capacity controller's own client."""
+    kube_api_capacity_burst: int = 5
+    """`--kube-api-capacity-burst` (5)."""
+    namespace: str = ""
+    """`--enable-capacity`: the environment variable NAMESPACE, where the objects live (required)."""
+    pod_name: str = ""
+    """`--enable-capacity`: the environment variable POD_NAME, the start of the owner lookup."""
+    node_deployment: bool = False
+    """`--node-deployment` (false): provision only claims selected for this node (`node_name`)."""
+    node_name: str = ""
+    """`--node-deployment`: the environment variable NODE_NAME (required with it)."""
+    node_deployment_immediate_binding: bool = True
+    """`--node-deployment-immediate-binding` (true): claim unselected Immediate-binding PVCs."""
+    node_deployment_base_delay: float = 20.0
+    """`--node-deployment-base-delay`, seconds (20s): first wait before claiming such a PVC."""
+    node_deployment_max_delay: float = 60.0
+    """`--node-deployment-max-delay`, seconds (60s): the longest such wait."""
 
     @classmethod
-    def from_flags(cls, flags: Flags) -> ProvisionerConfig:
+    def from_flags(cls, flags: Flags, env: Mapping[str, str] | None = None) -> ProvisionerConfig:
+        """The config from parsed flags and the environment (`env`, default `os.environ`)."""
+        environ = os.environ if env is None else env
         gates = feature_gates(flags)
         uuid_length = flags.integer("volume-name-uuid-length")
         if not -1 <= uuid_length <= 32:
             # Upstream slices the 32 hex digits with it and panics on anything else.
             raise ConfigError(f"--volume-name-uuid-length must be -1 or 0..32, not {uuid_length}")
+        node_deployment = flags.boolean("node-deployment")
+        if node_deployment and not environ.get("NODE_NAME"):
+            raise ConfigError("The NODE_NAME environment variable must be set when using --node-deployment.")
+        enable_capacity = flags.boolean("enable-capacity")
+        ownerref_level = flags.integer("capacity-ownerref-level")
+        if enable_capacity and not environ.get("NAMESPACE"):
+            raise ConfigError("need NAMESPACE env variable for CSIStorageCapacity objects")
+        if enable_capacity and ownerref_level >= 0 and not environ.get("POD_NAME"):
+            raise ConfigError("need POD_NAME env variable to determine CSIStorageCapacity owner")
         return cls(
             standard=StandardConfig.from_flags(flags),
             volume_name_prefix=flags.string("volume-name-prefix"),
@@ -190,5 +246,23 @@ class ProvisionerConfig:
             persist_provisioning_intent=flags.boolean("persist-provisioning-intent"),
             topology=gates.enabled("Topology"),
             volume_attributes_class=gates.enabled("VolumeAttributesClass"),
+            volume_attributes_class_explicit=gates.explicitly_set("VolumeAttributesClass"),
             cross_namespace_data_source=gates.enabled("CrossNamespaceVolumeDataSource"),
+            cloning_protection_threads=flags.unsigned("cloning-protection-threads"),
+            snapshot_orphan_sweep_interval=flags.duration("snapshot-orphan-sweep-interval"),
+            prevent_volume_mode_conversion=flags.boolean("prevent-volume-mode-conversion"),
+            enable_capacity=enable_capacity,
+            capacity_threads=flags.unsigned("capacity-threads"),
+            capacity_poll_interval=flags.duration("capacity-poll-interval"),
+            capacity_for_immediate_binding=flags.boolean("capacity-for-immediate-binding"),
+            capacity_ownerref_level=ownerref_level,
+            kube_api_capacity_qps=flags.floating("kube-api-capacity-qps"),
+            kube_api_capacity_burst=flags.integer("kube-api-capacity-burst"),
+            namespace=environ.get("NAMESPACE", "") if enable_capacity else "",
+            pod_name=environ.get("POD_NAME", "") if enable_capacity else "",
+            node_deployment=node_deployment,
+            node_name=environ.get("NODE_NAME", "") if node_deployment else "",
+            node_deployment_immediate_binding=flags.boolean("node-deployment-immediate-binding"),
+            node_deployment_base_delay=flags.duration("node-deployment-base-delay"),
+            node_deployment_max_delay=flags.duration("node-deployment-max-delay"),
         )

@@ -54,6 +54,10 @@ class Driver:
     controller_capabilities: frozenset[str] = frozenset({"CREATE_DELETE_VOLUME"})
     topology_gate: bool = True
     """Feature gate `Topology`."""
+    node_id: str = ""
+    """`--node-deployment`: NodeGetInfo's node_id."""
+    node_topology: tuple[tuple[str, str], ...] = ()
+    """`--node-deployment`: NodeGetInfo's accessible_topology segments, sorted."""
 
     @property
     def topology(self) -> bool:

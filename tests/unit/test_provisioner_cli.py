@@ -161,9 +161,15 @@ def test_http_endpoint_and_metrics_address_together_are_refused() -> None:
         config("--http-endpoint=:8080", "--metrics-address=:8081")
 
 
-def test_unimplemented_flags_warn_when_set() -> None:
+def test_only_enable_pprof_is_accepted_but_not_implemented() -> None:
     flags = build_flagset().parse(
-        ["--logging-format=json", "--enable-capacity", "--node-deployment", "--capacity-poll-interval=2m"]
+        [
+            "--logging-format=json",
+            "--enable-capacity",
+            "--node-deployment",
+            "--capacity-poll-interval=2m",
+            "--enable-pprof",
+        ]
     )
     out = io.StringIO()
     try:
@@ -171,7 +177,7 @@ def test_unimplemented_flags_warn_when_set() -> None:
     finally:
         configure()
     warned = {json.loads(line)["flag"] for line in out.getvalue().splitlines()}
-    assert warned == {"--enable-capacity", "--node-deployment", "--capacity-poll-interval"}
+    assert warned == {"--enable-pprof"}
 
 
 def test_every_config_field_has_a_docstring() -> None:
@@ -184,3 +190,58 @@ def test_every_config_field_has_a_docstring() -> None:
         assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), ast.dump(node)
         text = following.value.value
         assert isinstance(text, str) and ("`--" in text or "Feature gate" in text or "standard flags" in text)
+
+
+def test_data_source_capacity_and_node_deployment_flags_reach_the_config() -> None:
+    flags = build_flagset().parse(
+        [
+            "--cloning-protection-threads=3",
+            "--snapshot-orphan-sweep-interval=0",
+            "--prevent-volume-mode-conversion=false",
+            "--enable-capacity",
+            "--capacity-threads=2",
+            "--capacity-poll-interval=30s",
+            "--capacity-for-immediate-binding",
+            "--capacity-ownerref-level=2",
+            "--kube-api-capacity-qps=7",
+            "--kube-api-capacity-burst=9",
+            "--node-deployment",
+            "--node-deployment-immediate-binding=false",
+            "--node-deployment-base-delay=1s",
+            "--node-deployment-max-delay=4s",
+            "--feature-gates=VolumeAttributesClass=true",
+        ]
+    )
+    env = {"NAMESPACE": "kube-system", "POD_NAME": "csi-0", "NODE_NAME": "node-7"}
+    cfg = ProvisionerConfig.from_flags(flags, env)
+    assert (cfg.cloning_protection_threads, cfg.snapshot_orphan_sweep_interval) == (3, 0.0)
+    assert not cfg.prevent_volume_mode_conversion
+    assert cfg.enable_capacity and cfg.capacity_for_immediate_binding
+    assert (cfg.capacity_threads, cfg.capacity_poll_interval, cfg.capacity_ownerref_level) == (2, 30.0, 2)
+    assert (cfg.kube_api_capacity_qps, cfg.kube_api_capacity_burst) == (7.0, 9)
+    assert (cfg.namespace, cfg.pod_name, cfg.node_name) == ("kube-system", "csi-0", "node-7")
+    assert cfg.node_deployment and not cfg.node_deployment_immediate_binding
+    assert (cfg.node_deployment_base_delay, cfg.node_deployment_max_delay) == (1.0, 4.0)
+    assert cfg.volume_attributes_class and cfg.volume_attributes_class_explicit
+    defaults = config()
+    assert not defaults.volume_attributes_class_explicit and defaults.prevent_volume_mode_conversion
+    assert (defaults.cloning_protection_threads, defaults.snapshot_orphan_sweep_interval) == (1, 300.0)
+    assert (defaults.capacity_poll_interval, defaults.capacity_ownerref_level) == (60.0, 1)
+    assert (defaults.kube_api_capacity_qps, defaults.kube_api_capacity_burst) == (1.0, 5)
+    assert (defaults.node_deployment_base_delay, defaults.node_deployment_max_delay) == (20.0, 60.0)
+
+
+def test_required_environment_variables_are_checked_at_start() -> None:
+    fs = build_flagset()
+    with pytest.raises(ConfigError, match="NODE_NAME environment variable must be set"):
+        ProvisionerConfig.from_flags(fs.parse(["--node-deployment"]), {})
+    with pytest.raises(ConfigError, match="need NAMESPACE env variable for CSIStorageCapacity objects"):
+        ProvisionerConfig.from_flags(fs.parse(["--enable-capacity"]), {"POD_NAME": "p"})
+    with pytest.raises(ConfigError, match="need POD_NAME env variable to determine CSIStorageCapacity owner"):
+        ProvisionerConfig.from_flags(fs.parse(["--enable-capacity"]), {"NAMESPACE": "ns"})
+    # No owner wanted: no POD_NAME needed; capacity off: nothing read.
+    cfg = ProvisionerConfig.from_flags(
+        fs.parse(["--enable-capacity", "--capacity-ownerref-level=-1"]), {"NAMESPACE": "ns"}
+    )
+    assert (cfg.namespace, cfg.pod_name) == ("ns", "")
+    assert ProvisionerConfig.from_flags(fs.parse([]), {"NAMESPACE": "ns", "NODE_NAME": "n"}).namespace == ""
