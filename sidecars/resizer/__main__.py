@@ -18,6 +18,7 @@ from common.leaderelection import sanitize_name
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Controller, Runtime
+from sidecars.resizer import explain
 from sidecars.resizer.cli import PROGRAM, ResizerConfig, build_flagset
 from sidecars.resizer.controller import ResizeController
 from sidecars.resizer.modify import ModifyController
@@ -101,7 +102,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.RESIZER))
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.RESIZER, explain=explain.amain))
 
 
 if __name__ == "__main__":
