@@ -149,7 +149,8 @@ async def test_selected_node_without_the_driver(
     await create(kube, claim(sc="late", annotations={**OURS, ANN_SELECTED_NODE: "bare"}))
     report = await explained(kubeconfig, driver.address)
     assert report.verdict.startswith(
-        'Waiting for the scheduler: failed to get selected CSINode bare: csinode.storage.k8s.io "bare" not found;'
+        "Waiting for the scheduler: failed to get selected CSINode bare: "
+        'csinode.storage.k8s.io "bare" not found;'
     )
 
 
