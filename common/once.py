@@ -125,7 +125,7 @@ class OncePass:
         self._activity = 0
         self._changed = asyncio.Event()
         self._outcomes: dict[tuple[str, str], KeyOutcome] = {}
-        self._timed_out = False
+        self._unfinished: list[str] = []
 
     @contextmanager
     def active(self) -> Iterator[OncePass]:
@@ -146,9 +146,10 @@ class OncePass:
         async def watched(key: K) -> None:
             self._in_flight += 1
             self._activity += 1
-            outcome, error = Outcome.SYNCED, ""
+            outcome, error = Outcome.FAILED, "interrupted: the pass ended first"
             try:
                 await sync(key)
+                outcome, error = Outcome.SYNCED, ""
             except Requeue as requeue:
                 outcome, error = Outcome.DEFERRED, requeue.reason or f"look again in {requeue.after:g}s"
                 raise
@@ -172,8 +173,10 @@ class OncePass:
             async with asyncio.timeout(self.timeout):
                 await self._settled()
         except TimeoutError:
-            self._timed_out = True
-            log.warning("reconcile pass timed out", seconds=self.timeout)
+            self._unfinished = [f"{q.name}: {q.len()} keys" for q in self._queues if q.len()]
+            if self._in_flight:
+                self._unfinished.append(f"{self._in_flight} syncs in flight")
+            log.warning("reconcile pass timed out", seconds=self.timeout, unfinished=self._unfinished)
 
     async def _settled(self) -> None:
         while True:
@@ -191,10 +194,7 @@ class OncePass:
                 pass  # keys may be ready with no event of ours (an informer added them): look again
 
     def result(self) -> OnceResult:
-        unfinished = [f"{q.name}: {q.len()} keys" for q in self._queues if q.len()] if self._timed_out else []
-        if self._timed_out and self._in_flight:
-            unfinished.append(f"{self._in_flight} syncs in flight")
-        return OnceResult(outcomes=list(self._outcomes.values()), unfinished=unfinished)
+        return OnceResult(outcomes=list(self._outcomes.values()), unfinished=list(self._unfinished))
 
 
 def describe_uids(stores: Mapping[str, Iterable[Mapping[str, Any]]]) -> Callable[[str], str]:
