@@ -114,8 +114,8 @@ def parse_enable(text: str, _current: Enabled) -> Enabled:
 
 
 def _definitions(fs: FlagSet) -> dict[str, Any]:
-    """A sidecar's flag definitions by name, to copy into the combined set. (FlagSet has no public way
-    to enumerate or copy its flags; this is the one place that reads its table.)"""
+    """A sidecar's flag definitions by name, to copy into the combined set. FlagSet has no public way to
+    enumerate or add a copied flag: this and `build_flagset`'s `fs._add` are the only private uses."""
     return dict(fs._flags)
 
 
