@@ -4,7 +4,8 @@ A standalone csi-attacher (ours, standing in for the Go container of the old pod
 `external-attacher-leader-<driver>`; the combined process then takes the provisioner's and the
 resizer's Leases and keeps its attacher on standby, so the old attacher attaches. When the old pod
 goes (SIGTERM, its Lease released), the combined process's attacher takes over and attaches the next
-volume. SIGTERM then releases all three Leases.
+volume. SIGTERM then releases all three Leases. With `--once`, no Lease is taken: one pass of all
+three controllers, then exit 0.
 """
 
 from __future__ import annotations
@@ -108,3 +109,19 @@ async def test_attacher_stays_standby_while_a_single_attacher_leads(
 
         await stop_cleanly(combined)
     assert await holders(kube) == dict.fromkeys(LEASES_BY_CONTROLLER, "")
+
+
+async def test_once_reconciles_every_controller_then_exits(
+    apiserver: ApiServer, kube: KubeClient, kubeconfig: str, driver: TestDriver, sidecar: Any
+) -> None:
+    """`--once` (no Lease taken): one pass of all three controllers over what is there, then exit 0."""
+    async with plane(apiserver, driver):
+        await storage_class(kube)
+        await claim(kube, "waiting")
+        process = sidecar(
+            "sidecars.combined", *combined_args(kubeconfig, driver, free_port(), "--once", *ELECTION)
+        )
+        assert await process.wait(timeout=30) == 0, process.log()[-3000:]
+        await wait_bound(kube, "waiting")
+        assert len(driver.volumes) == 1
+        assert await holders(kube) == dict.fromkeys(LEASES_BY_CONTROLLER, "")
