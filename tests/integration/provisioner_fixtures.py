@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 from kit import SidecarProcess, eventually
 
+from proto import csi_pb2
 from testbed.apiserver import ApiServer, NotFound, Store
 from testbed.controllers import ControlPlane
-from testbed.csidriver import TestDriver
+from testbed.csidriver import TestDriver, connect
 
 Obj = dict[str, Any]
 DRIVER = "hostpath.csi.k8s.io"
@@ -34,6 +35,9 @@ ANN_BETA_PROVISIONER = "volume.beta.kubernetes.io/storage-provisioner"
 ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
 INTENT = "csi-sidecars.python/provisioning-intent"
 PV_FINALIZER = "external-provisioner.volume.kubernetes.io/finalizer"
+CLONE_FINALIZER = "provisioner.storage.kubernetes.io/cloning-protection"
+SNAPSHOT_FINALIZER = "provisioner.storage.kubernetes.io/volumesnapshot-as-source-protection"
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 
 
 def node(name: str) -> Obj:
@@ -271,3 +275,90 @@ async def provisioner_bed(
     async with ControlPlane(apiserver.store, ["pv"], resync_period=2.0) as plane:
         await plane.wait_synced()
         yield Bed(apiserver, driver, sidecar)
+
+
+# --- data sources: snapshots as the snapshot controller would make them -----------------------------
+
+
+def snapshot_source(name: str) -> Obj:
+    return {"apiGroup": SNAPSHOT_GROUP, "kind": "VolumeSnapshot", "name": name}
+
+
+async def make_snapshot(
+    bed: Bed,
+    name: str,
+    claim_name: str,
+    *,
+    namespace: str = "default",
+    ready: bool = True,
+    driver: str = DRIVER,
+    source_mode: str | None = "Filesystem",
+    annotations: dict[str, str] | None = None,
+) -> tuple[Obj, Obj]:
+    """A CSI snapshot of `claim_name`'s volume in the test driver, and a VolumeSnapshot bound to a
+    VolumeSnapshotContent for it (both with status), as external-snapshotter leaves them."""
+    pvc = await bed.store.get("persistentvolumeclaims", claim_name, namespace=namespace)
+    pv = await bed.store.get("persistentvolumes", pvc["spec"]["volumeName"])
+    handle = pv["spec"]["csi"]["volumeHandle"]
+    async with connect(bed.driver.address) as stubs:
+        answer = await stubs.controller.CreateSnapshot(
+            csi_pb2.CreateSnapshotRequest(name=f"snapshot-{name}", source_volume_id=handle)
+        )
+    snap = answer.snapshot
+    vs = await bed.store.create(
+        "volumesnapshots",
+        {
+            "apiVersion": f"{SNAPSHOT_GROUP}/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"source": {"persistentVolumeClaimName": claim_name}},
+        },
+        namespace=namespace,
+    )
+    content_spec: Obj = {
+        "deletionPolicy": "Delete",
+        "driver": driver,
+        "source": {"volumeHandle": handle},
+        "volumeSnapshotRef": {
+            "apiVersion": f"{SNAPSHOT_GROUP}/v1",
+            "kind": "VolumeSnapshot",
+            "name": name,
+            "namespace": namespace,
+            "uid": vs["metadata"]["uid"],
+        },
+    }
+    if source_mode is not None:
+        content_spec["sourceVolumeMode"] = source_mode
+    content = await bed.store.create(
+        "volumesnapshotcontents",
+        {
+            "apiVersion": f"{SNAPSHOT_GROUP}/v1",
+            "kind": "VolumeSnapshotContent",
+            "metadata": {"name": f"snapcontent-{vs['metadata']['uid']}", "annotations": annotations or {}},
+            "spec": content_spec,
+        },
+    )
+    content["status"] = {
+        "snapshotHandle": snap.snapshot_id,
+        "readyToUse": True,
+        "restoreSize": snap.size_bytes,
+        "creationTime": 1,
+    }
+    content = await bed.store.update_status("volumesnapshotcontents", content)
+    vs["status"] = {
+        "boundVolumeSnapshotContentName": content["metadata"]["name"],
+        "readyToUse": ready,
+        "restoreSize": f"{snap.size_bytes // 2**20}Mi",
+    }
+    vs = await bed.store.update_status("volumesnapshots", vs, namespace=namespace)
+    return vs, content
+
+
+async def set_snapshot_ready(bed: Bed, name: str, *, namespace: str = "default", ready: bool = True) -> None:
+    vs = await bed.store.get("volumesnapshots", name, namespace=namespace)
+    vs["status"]["readyToUse"] = ready
+    await bed.store.update_status("volumesnapshots", vs, namespace=namespace)
+
+
+def finalizers_of(obj: Obj | None) -> list[str]:
+    return list(((obj or {}).get("metadata") or {}).get("finalizers") or [])
