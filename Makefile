@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers bench-provisioner clean
+.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers bench-provisioner bench-combined clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,9 @@ bench-informers: venv
 
 bench-provisioner: venv
 	$(PY) -m bench.provisioner_bench
+
+bench-combined: venv
+	$(PY) -m bench.combined_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
