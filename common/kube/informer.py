@@ -249,7 +249,10 @@ class Informer:
             self._notify("DELETED", None, old or obj)
         else:
             old = self.store.put(obj)
-            self._notify("MODIFIED" if old is not None else "ADDED", old, obj)
+            if old is not None and rv and _rv(old) == rv:
+                pass  # the cache had it already (a controller wrote its answer through): not news
+            else:
+                self._notify("MODIFIED" if old is not None else "ADDED", old, obj)
         if rv:
             self.resource_version = rv
 
