@@ -75,7 +75,9 @@ class FlagOptions(TypedDict, total=False):
 
 
 @dataclass(frozen=True)
-class _Flag:
+class FlagDefinition:
+    """One defined flag: what `--help` shows and how its value parses."""
+
     name: str
     kind: str
     type_word: str
@@ -87,15 +89,26 @@ class _Flag:
     options: FlagOptions
 
 
+_Flag = FlagDefinition
+
+
 class FlagSet:
     """The flags of one program. Define with the typed definers, then `parse(argv)`."""
 
     def __init__(self, program: str, *, positional: bool = False) -> None:
         self.program = program
         self._positional = positional
-        self._flags: dict[str, _Flag] = {}
+        self._flags: dict[str, FlagDefinition] = {}
 
-    def _add(self, flag: _Flag) -> None:
+    def definitions(self) -> dict[str, FlagDefinition]:
+        """The defined flags by name (a copy), e.g. to build a program that accepts several sets."""
+        return dict(self._flags)
+
+    def add(self, flag: FlagDefinition) -> None:
+        """Define a flag from a definition (e.g. one of another program's `definitions()`)."""
+        self._add(flag)
+
+    def _add(self, flag: FlagDefinition) -> None:
         if flag.name in self._flags:
             raise ValueError(f"{self.program} flag redefined: {flag.name}")
         self._flags[flag.name] = flag
@@ -218,7 +231,7 @@ class FlagSet:
             lines.append(text)
         return "\n".join(lines) + "\n"
 
-    def _flag(self, name: str) -> _Flag:
+    def _flag(self, name: str) -> FlagDefinition:
         return self._flags[name]
 
 

@@ -152,8 +152,8 @@ GO_FLAGS: dict[str, dict[str, str]] = {
 
 
 def _flags(flagset: FlagSet) -> dict[str, Any]:
-    """The FlagSet's flag definitions (it has no public iterator yet)."""
-    found: dict[str, Any] = flagset._flags
+    """The FlagSet's flag definitions by name."""
+    found: dict[str, Any] = flagset.definitions()
     return found
 
 

@@ -114,9 +114,8 @@ def parse_enable(text: str, _current: Enabled) -> Enabled:
 
 
 def _definitions(fs: FlagSet) -> dict[str, Any]:
-    """A sidecar's flag definitions by name, to copy into the combined set. FlagSet has no public way to
-    enumerate or add a copied flag: this and `build_flagset`'s `fs._add` are the only private uses."""
-    return dict(fs._flags)
+    """A sidecar's flag definitions by name, to copy into the combined set."""
+    return fs.definitions()
 
 
 def build_flagset() -> FlagSet:
@@ -148,12 +147,12 @@ def build_flagset() -> FlagSet:
         if len(set(defaults.values())) > 1:
             each = ", ".join(f"{c} {d or '(empty)'}" for c, d in defaults.items())
             usage += f" Default per controller: {each}."
-        fs._add(dataclasses.replace(flag, usage=usage))
+        fs.add(dataclasses.replace(flag, usage=usage))
     for controller, table in tables.items():
         for name, flag in table.items():
             if name not in PROCESS_WIDE:
                 usage = f"[{controller} only, replaces -{name} for it] {flag.usage}"
-                fs._add(dataclasses.replace(flag, name=f"{controller}-{name}", usage=usage))
+                fs.add(dataclasses.replace(flag, name=f"{controller}-{name}", usage=usage))
     return fs
 
 
