@@ -332,13 +332,13 @@ _FINALIZER_OWNERS = {
 
 
 def finalizer_owner(finalizer: str) -> str:
-    """Who removes `finalizer`, and when."""
+    """Who removes `finalizer`, and when: `held by <who>, removed once <when>`."""
     if finalizer in _FINALIZER_OWNERS:
-        return _FINALIZER_OWNERS[finalizer]
+        return "held by " + _FINALIZER_OWNERS[finalizer]
     if finalizer.startswith("external-attacher/"):
         driver = finalizer.removeprefix("external-attacher/")
-        return f"csi-attacher of {driver}, removed once the volume is detached"
-    return "not a finalizer the Kubernetes storage controllers or CSI sidecars set"
+        return f"held by csi-attacher of {driver}, removed once the volume is detached"
+    return "not one the Kubernetes storage controllers or CSI sidecars set: whoever added it removes it"
 
 
 def finalizer_facts(report: Report, obj: Mapping[str, Any]) -> None:
@@ -351,4 +351,4 @@ def finalizer_facts(report: Report, obj: Mapping[str, Any]) -> None:
         waits = "waits for its finalizers" if finalizers else "is about to disappear"
         report.note(f"It is being deleted (since {when or deleting}) and {waits}.")
     for finalizer in finalizers:
-        report.note(f"Finalizer {finalizer}: held by {finalizer_owner(finalizer)}.")
+        report.note(f"Finalizer {finalizer}: {finalizer_owner(finalizer)}.")

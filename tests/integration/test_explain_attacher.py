@@ -208,8 +208,8 @@ async def test_detached_va_waits_for_other_finalizers(
     report = await explained(kubeconfig, driver.address)
     assert report.verdict == f"Nothing to do: it is detached (finalizer {FINALIZER} is gone)."
     assert (
-        "Finalizer example.com/audit: held by not a finalizer the Kubernetes storage controllers or CSI "
-        "sidecars set." in report.facts
+        "Finalizer example.com/audit: not one the Kubernetes storage controllers or CSI sidecars set: "
+        "whoever added it removes it." in report.facts
     )
 
 
