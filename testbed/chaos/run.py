@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +141,7 @@ class Soak:
         await requests.collect()
         injector.explain_bursts(requests.records)
         final = snap or await observer.once()
+        sockets = self._sockets()
         await self._scrape_metrics()
         await self._stop_fleet()
         verdicts = self._verdicts(final, churn, leases)
@@ -151,6 +154,7 @@ class Soak:
             settle_seconds=settled,
             workdir=str(self.cluster.dir),
         )
+        report["sockets"] = sockets
         await self._write(report, api, requests)
         self._print(report, verdicts, injector, churn)
         return 0 if report["passed"] else 1
@@ -204,6 +208,16 @@ class Soak:
                 return time.monotonic() - begun, snap
             await asyncio.sleep(1.0)
         return time.monotonic() - begun, None
+
+    def _sockets(self) -> dict[str, str]:
+        """Every unix socket in the work directory (driver, registration) and its permission bits."""
+        found = {}
+        for path in sorted(self.cluster.dir.rglob("*")):
+            with contextlib.suppress(OSError):
+                mode = path.lstat().st_mode
+                if stat.S_ISSOCK(mode):
+                    found[str(path.relative_to(self.cluster.dir))] = oct(stat.S_IMODE(mode))
+        return found
 
     async def _scrape_metrics(self) -> None:
         directory = self.cluster.dir / "metrics"
