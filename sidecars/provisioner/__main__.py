@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from common import entrypoint
+from common import debug, entrypoint
 from common.errors import CapabilityError
 from common.flags import apply_logging_flags, version
 from common.kube.client import ApiError, KubeClient
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Runtime
+from sidecars.provisioner import explain
 from sidecars.provisioner.cli import PROGRAM, ProvisionerConfig, build_flagset
 from sidecars.provisioner.controller import build, lock_name
 from sidecars.provisioner.request import Driver
@@ -97,7 +98,7 @@ async def amain(argv: list[str]) -> int:
 
 
 def main() -> None:
-    entrypoint.run(PROGRAM, amain)
+    entrypoint.run(PROGRAM, debug.wrap(amain, build_flagset, bed=debug.PROVISIONER, explain=explain.amain))
 
 
 if __name__ == "__main__":

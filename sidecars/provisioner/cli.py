@@ -30,7 +30,14 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.featuregates import PROVISIONER_GATES, add_feature_gates_flag, feature_gates
-from common.flags import FlagOptions, Flags, FlagSet, add_logging_flags, add_standard_flags
+from common.flags import (
+    FlagOptions,
+    Flags,
+    FlagSet,
+    add_debug_flags,
+    add_logging_flags,
+    add_standard_flags,
+)
 from common.runtime import StandardConfig
 
 PROGRAM = "csi-provisioner"
@@ -101,6 +108,7 @@ def build_flagset() -> FlagSet:
     add_standard_flags(fs, csi_timeout_default=10.0)
     add_logging_flags(fs)
     add_feature_gates_flag(fs, PROVISIONER_GATES)
+    add_debug_flags(fs)
     fs.string("master", "", _USAGE["master"])
     fs.string("volume-name-prefix", "pvc", _USAGE["volume-name-prefix"])
     fs.integer("volume-name-uuid-length", -1, _USAGE["volume-name-uuid-length"])
