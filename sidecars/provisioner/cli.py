@@ -182,8 +182,8 @@ class ProvisionerConfig:
     """Feature gate `VolumeAttributesClass` named on the command line; if not, it is turned off when
     the API server does not serve storage.k8s.io/v1 volumeattributesclasses (as upstream)."""
     cross_namespace_data_source: bool = False
-    """Feature gate `CrossNamespaceVolumeDataSource` (alpha, false): allow `dataSourceRef.namespace`
-    (ReferenceGrants are not checked yet)."""
+    """Feature gate `CrossNamespaceVolumeDataSource` (alpha, false): accept `dataSourceRef.namespace`; such a
+    snapshot or clone source is still refused, as ReferenceGrants are not checked."""
     cloning_protection_threads: int = 1
     """`--cloning-protection-threads` (1): workers removing the clone finalizer from deleted sources."""
     snapshot_orphan_sweep_interval: float = 300.0

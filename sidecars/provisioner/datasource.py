@@ -253,7 +253,18 @@ class DataSources:
         self.prevent_volume_mode_conversion = prevent_volume_mode_conversion
 
     async def resolve(self, claim: Obj, sc: Mapping[str, Any], source: Mapping[str, str]) -> Resolved:
-        """The content source for `source` (request.data_source); ProvisionError NO_CHANGE if unusable."""
+        """The content source for `source` (request.data_source); ProvisionError NO_CHANGE if unusable.
+
+        A source in another namespace (`dataSourceRef.namespace` with CrossNamespaceVolumeDataSource) is
+        refused: upstream admits it only when a gateway ReferenceGrant allows it, which is not checked here.
+        """
+        if source["namespace"] != (claim.get("metadata") or {}).get("namespace"):
+            where = f"{source['kind']} {source['namespace']}/{source['name']}"
+            raise ProvisionError(
+                f"data source {where} is in another namespace: cross-namespace data sources need "
+                "ReferenceGrant checks, which this provisioner does not make",
+                ProvisioningState.FINISHED,
+            )
         try:
             if source["kind"] == names.SNAPSHOT_KIND:
                 return await self._snapshot(claim, sc, source)

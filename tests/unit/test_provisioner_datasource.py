@@ -366,3 +366,19 @@ async def test_volume_without_the_requested_content_source_is_deleted_again() ->
         kube.objects[("volumesnapshots", "default", "snap")]["metadata"].get("finalizers") or []
     )
     assert [u[1]["metadata"].get("finalizers") for u in kube.updates] == [[names.SNAPSHOT_FINALIZER], []]
+
+
+async def test_cross_namespace_sources_are_refused_without_reference_grant_checks() -> None:
+    kube = FakeKube(
+        ("volumesnapshots", {**snapshot(), "metadata": {**snapshot()["metadata"], "namespace": "other"}})
+    )
+    b = builder(kube)
+    b.config = ProvisionerConfig(standard=StandardConfig(), cross_namespace_data_source=True)
+    claim = new_claim(SNAP)
+    del claim["spec"]["dataSource"]
+    claim["spec"]["dataSourceRef"] = {**SNAP, "namespace": "other"}
+    with pytest.raises(
+        ProvisionError, match="cross-namespace data sources need ReferenceGrant checks"
+    ) as err:
+        await b.prepare(claim, SC, "")
+    assert err.value.state is ProvisioningState.FINISHED and kube.gets == []
