@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import grpc
+
 from common import debug, entrypoint
+from common.csi.errors import describe
 from common.errors import CapabilityError
 from common.flags import apply_logging_flags, version
 from common.kube.client import ApiError, KubeClient
@@ -42,7 +45,10 @@ async def discover(rt: Runtime, config: ProvisionerConfig) -> Driver:
         topology_gate=config.topology,
     )
     if config.node_deployment:
-        info = await rt.csi.node_info()
+        try:
+            info = await rt.csi.node_info()
+        except grpc.RpcError as err:
+            raise CapabilityError(f"Failed to get node info from CSI driver: {describe(err)}") from None
         driver = dataclasses.replace(
             driver, node_id=info.node_id, node_topology=tuple(sorted(info.accessible_topology.items()))
         )
