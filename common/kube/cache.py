@@ -59,6 +59,10 @@ class Store:
         self._items[key] = obj
         return old
 
+    def index_values(self, obj: Object) -> dict[str, list[str]]:
+        """Every index's values for `obj`, without storing it (raises what an index function raises)."""
+        return {name: list(func(obj)) for name, func in self._index_funcs.items()}
+
     def remove(self, key: str) -> Object | None:
         old = self._items.pop(key, None)
         if old is not None:

@@ -76,6 +76,37 @@ def drop_managed_fields(obj: Object) -> Object:
     return obj
 
 
+def shape_problem(obj: Any) -> str | None:
+    """What makes `obj` unusable as an API object ("" fields aside), or None when its shape is right:
+    metadata an object with a non-empty string name, string namespace/uid/resourceVersion, string maps
+    for labels and annotations, a string list for finalizers; spec and status objects (or null)."""
+    if not isinstance(obj, dict):
+        return f"not an object but {type(obj).__name__}"
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return "metadata is not an object"
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        return "metadata.name is missing or not a string"
+    for field in ("namespace", "uid", "resourceVersion", "deletionTimestamp"):
+        if meta.get(field) is not None and not isinstance(meta[field], str):
+            return f"metadata.{field} is not a string"
+    for field in ("labels", "annotations"):
+        value = meta.get(field)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            return f"metadata.{field} is not a map of strings"
+    finalizers = meta.get("finalizers")
+    if finalizers is not None and not (
+        isinstance(finalizers, list) and all(isinstance(f, str) for f in finalizers)
+    ):
+        return "metadata.finalizers is not a list of strings"
+    for field in ("spec", "status"):
+        if obj.get(field) is not None and not isinstance(obj[field], dict):
+            return f"{field} is not an object"
+    return None
+
+
 def _rv(obj: Object) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
@@ -189,7 +220,7 @@ class Informer:
                 continue_token=token,
                 resource_version=resource_version if not token else None,
             )
-            items.extend(self.transform(item) for item in page.get("items") or ())
+            items.extend(obj for item in page.get("items") or () if (obj := self._accept(item)) is not None)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 break
@@ -228,22 +259,50 @@ class Informer:
         async for event in self.client.watch(path, query=query, inactivity_timeout=timeout + 30.0):
             self._apply(event)
 
+    def _accept(self, obj: Any) -> Object | None:
+        """`obj` transformed, or None (logged with its name) when it is not a well-formed object.
+
+        The API server validates what it stores, so this guards against what should never come: a
+        proxy, a bug or a version skew serving an object whose metadata, spec or status has the wrong
+        shape. Such an object is skipped, as if the event never came; the informer goes on.
+        """
+        problem = shape_problem(obj)
+        if problem is None:
+            try:
+                obj = self.transform(obj)
+                object_key(obj)
+                self.store.index_values(obj)
+            except Exception as exc:  # a transform or index that cannot read it: the same verdict
+                problem = f"cannot be read: {exc!r}"
+        if problem is None:
+            return obj  # type: ignore[no-any-return]
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        namespace = meta.get("namespace") if isinstance(meta, dict) else None
+        log.warning(
+            "skipping malformed object",
+            resource=self.name,
+            name=repr(name),
+            namespace=repr(namespace),
+            problem=problem,
+        )
+        return None
+
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         obj = event.get("object") or {}
-        rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = str(meta.get("resourceVersion", "")) if isinstance(meta, dict) else ""
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
             return
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("unexpected watch event", resource=self.name, type=kind)
             return
-        try:
-            key = object_key(obj)
-        except ValueError:
-            log.warning("skipping malformed object from watch", resource=self.name, type=kind)
+        accepted = self._accept(obj)
+        if accepted is None:
             return
-        obj = self.transform(obj)
+        obj, key = accepted, object_key(accepted)
         if kind == "DELETED":
             old = self.store.remove(key)
             self._notify("DELETED", None, old or obj)
