@@ -14,9 +14,9 @@ The claim-side decisions (is it ours, which StorageClass, events) are the claim 
   is FINISHED; InvalidArgument is also "infeasible" (slow retry). The event text is Go's
   `rpc error: code = X desc = Y`;
 * an answer without volume_id is refused (nothing can be deleted or saved); an answer smaller than
-  requested, or without the content source a `dataSource` asked for ("volume content source
-  missing"), is deleted again (up to 5 DeleteVolume calls within one `--timeout`) and retried
-  IN_BACKGROUND, as upstream;
+  requested, with a topology segment that is no valid label (ours: the PV could never be saved), or
+  without the content source a `dataSource` asked for ("volume content source missing"), is deleted
+  again (up to 5 DeleteVolume calls within one `--timeout`) and retried IN_BACKGROUND, as upstream;
 * once the PV is built, a VolumeSnapshot source loses its protection finalizer again
   (sidecars.provisioner.snapshots; a failure is only logged).
 
@@ -39,7 +39,7 @@ from sidecars.provisioner.request import Prepared, RequestBuilder
 from sidecars.provisioner.snapshots import release_snapshot
 from sidecars.provisioner.state import IgnoredClaim, ProvisionError, ProvisioningState
 from sidecars.provisioner.topology import TopologyCache
-from sidecars.provisioner.volume import PVSettings, build_pv
+from sidecars.provisioner.volume import PVSettings, build_pv, invalid_topology
 
 log = get_logger(__name__)
 
@@ -123,6 +123,16 @@ class Provisioner:
             message = (
                 f"created volume capacity {volume.capacity_bytes} less than requested capacity {requested}"
             )
+            try:
+                await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
+            except grpc.RpcError as err:
+                message += (
+                    f". Cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
+                )
+            raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
+        segments = [dict(t.segments) for t in volume.accessible_topology]
+        if self.settings.topology and (problem := invalid_topology(segments)):
+            message = f"CSI driver returned an invalid accessible topology: {problem}"
             try:
                 await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
             except grpc.RpcError as err:

@@ -17,10 +17,12 @@ CreateVolume answer:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.govalues import go_quote
 from common.quantity import format_quantity
 from proto import csi_pb2
 from sidecars.provisioner import names
@@ -63,6 +65,34 @@ class PVSettings:
     """`--controller-publish-readonly`."""
     volume_attributes_class: bool = True
     """Feature gate VolumeAttributesClass."""
+
+
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return len(name) <= 63 and _QUALIFIED_NAME.fullmatch(name) is not None
+
+
+def _label_value(value: str) -> bool:
+    return value == "" or (len(value) <= 63 and _QUALIFIED_NAME.fullmatch(value) is not None)
+
+
+def invalid_topology(accessible_topology: Sequence[Mapping[str, str]]) -> str:
+    """Why the API server would refuse a PV's node affinity built from these segments ("" if it would
+    not): keys must be label keys, values label values. Upstream does not check; its PV is refused
+    by the API server on every try and the volume is never used."""
+    for segment in accessible_topology:
+        for key, value in segment.items():
+            if not _label_key(key):
+                return f"segment key {go_quote(key)} is not a valid label key"
+            if not _label_value(value):
+                return f"segment value {go_quote(value)} of {go_quote(key)} is not a valid label value"
+    return ""
 
 
 def build_pv(
