@@ -137,6 +137,9 @@ class CSIHandler:
             try:
                 self.latest.wrote(await patch_status(self._kube, va, patch))
             except ApiError as err:
+                # Ours, not upstream's: say why in the status too (e.g. a publish_context too big to
+                # store), or the VolumeAttachment shows no reason while the attach is retried forever.
+                await self._save_error(va, "attachError", VolumeError(f"failed to mark as attached: {err}"))
                 raise SyncError(f"failed to mark as attached: {err}") from err
         log.info("fully attached", va=name, v=4)
 
