@@ -7,7 +7,11 @@ on the driver's SINGLE_NODE_MULTI_WRITER capability, asked before every expansio
 returns the requested size and says the node must finish (fs_resize_required).
 
 Errors from the driver are raised as the gRPC errors they are (the controller classifies them with
-`common.csi.errors`); anything that fails before the call is a `ResizeError`.
+`common.csi.errors`); anything that fails before the call is a `ResizeError`. Two answers are not
+taken as upstream takes them (it records whatever capacity comes back): no `capacity_bytes` (the
+spec requires it) means the requested size, or the recorded one if larger; less than requested is
+a `ResizeError` — the volume did not grow as asked, and recording a smaller capacity would end the
+resize as a success.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Protocol
 from common.csi import CSIConnection
 from common.kube.client import ApiError, KubeClient
 from common.kube.resources import SECRETS
-from common.quantity import format_quantity, to_bytes
+from common.quantity import QuantityError, format_quantity, to_bytes
 from proto import csi_pb2
 
 Mode = csi_pb2.VolumeCapability.AccessMode
@@ -108,6 +112,14 @@ async def read_secret(kube: KubeClient, ref: Mapping[str, Any] | None) -> dict[s
     }
 
 
+def _recorded_bytes(pv: Mapping[str, Any]) -> int:
+    """The PV's `spec.capacity.storage` in bytes (0 when absent or unparsable)."""
+    try:
+        return to_bytes(str(((pv.get("spec") or {}).get("capacity") or {}).get("storage") or 0))
+    except QuantityError:
+        return 0
+
+
 class CSIResizer:
     """Expands volumes with ControllerExpandVolume (see the module docstring)."""
 
@@ -147,6 +159,16 @@ class CSIResizer:
             volume_capability=capability,
         )
         rsp = await self.csi.controller.ControllerExpandVolume(request, timeout=self.timeout)
+        required = request.capacity_range.required_bytes
+        if rsp.capacity_bytes == 0:  # REQUIRED by the spec: without it, as asked and no smaller than before
+            return format_quantity(
+                max(required, _recorded_bytes(pv)), binary=True
+            ), rsp.node_expansion_required
+        if rsp.capacity_bytes < required:
+            raise ResizeError(
+                f"driver returned a capacity of {rsp.capacity_bytes} bytes, "
+                f"less than the {required} requested"
+            )
         return format_quantity(rsp.capacity_bytes, binary=True), rsp.node_expansion_required
 
 
