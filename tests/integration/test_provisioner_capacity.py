@@ -19,8 +19,10 @@ from provisioner_fixtures import (
     TOPOLOGY_KEY,
     Bed,
     csinode,
+    free_port,
     node,
     provisioner_bed,
+    scrape,
     stop_cleanly,
     storage_class,
 )
@@ -259,10 +261,28 @@ async def test_api_calls_per_poll_for_3_classes_and_10_segments(
         for sc in classes:
             await bed.store.create("storageclasses", storage_class(sc, binding="WaitForFirstConsumer"))
         # Upstream's --kube-api-capacity-qps=1 would take half a minute to create the 30 objects.
+        port = free_port()
         process = bed.start(
-            "--enable-capacity", "--capacity-poll-interval=1s", "--kube-api-capacity-qps=100", env=env(bed)
+            "--enable-capacity",
+            "--capacity-poll-interval=1s",
+            "--kube-api-capacity-qps=100",
+            f"--http-endpoint=127.0.0.1:{port}",
+            env=env(bed),
         )
         await wait_pairs(bed, {(sc, n) for sc in classes for n in nodes}, timeout=30)
+
+        async def gauges() -> bool:
+            text = await scrape(port)
+            return all(
+                f"{name} {value}" in text
+                for name, value in (
+                    ("csistoragecapacities_desired_goal", 30),
+                    ("csistoragecapacities_desired_current", 30),
+                    ("csistoragecapacities_obsolete", 0),
+                )
+            )
+
+        await eventually(gauges, timeout=10, message="csistoragecapacities_* gauges")
         agent = "csi-provisioner"
 
         def capacity_calls() -> int:
