@@ -16,13 +16,25 @@ from typing import Any
 import grpc
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_attacher_fakes import DRIVER, PV_NAME, Cluster, FakeCSI, FakeKube, FakeRpcError, csinode, pv, va
+from test_attacher_fakes import (
+    DRIVER,
+    FINALIZER,
+    PV_NAME,
+    Cluster,
+    FakeCSI,
+    FakeKube,
+    FakeRpcError,
+    csinode,
+    pv,
+    va,
+)
 from test_attacher_handler import handler
 
 from common.kube.client import ApiError
-from common.kube.resources import CSI_NODES, PERSISTENT_VOLUMES, VOLUME_ATTACHMENTS, Resource
+from common.kube.resources import CSI_NODES, NODES, PERSISTENT_VOLUMES, VOLUME_ATTACHMENTS, Resource
 from proto import csi_pb2
 from sidecars.attacher.handler import SyncError
+from sidecars.attacher.request import NODE_ID_ANNOTATION, NODE_IDS_ANNOTATION
 
 Obj = dict[str, Any]
 ETCD_LIMIT = 3 * 2**19  # 1.5 MiB
@@ -159,3 +171,51 @@ async def test_a_publish_context_too_big_to_save_is_reported_in_attach_error() -
         "failed to mark as attached: etcdserver: request is too large"
     )
     assert stored["status"]["attached"] is False
+
+
+annotation_maps = st.dictionaries(
+    st.sampled_from([NODE_ID_ANNOTATION, NODE_IDS_ANNOTATION, "x"]) | st.text(max_size=8),
+    st.text(max_size=12),
+    max_size=3,
+)
+
+
+@FUZZ
+@given(
+    annotations=annotation_maps,
+    node_annotations=annotation_maps,
+    with_csinode=st.booleans(),
+    answer=st.none() | errors,
+)
+async def test_detach_with_fuzzed_annotations_ends_detached_or_with_a_readable_detach_error(
+    annotations: dict[str, str], node_annotations: dict[str, str], with_csinode: bool, answer: Any
+) -> None:
+    cluster = Cluster(kube=LimitedKube())
+    cluster.add(PERSISTENT_VOLUMES, pv())
+    if with_csinode:
+        cluster.add(CSI_NODES, csinode())
+    cluster.add(NODES, {"metadata": {"name": "node-1", "annotations": node_annotations}})
+    attachment = va(attached=True)
+    attachment["metadata"].update(
+        deletionTimestamp="2026-11-22T23:55:00Z", finalizers=[FINALIZER], annotations=annotations
+    )
+    cluster.add(VOLUME_ATTACHMENTS, attachment)
+    csi = FakeCSI()
+    if answer is not None:
+        csi.unpublish_results.append(FakeRpcError(answer, "cannot detach"))
+    h = handler(cluster, csi)
+    cached = cluster.factory.informer(VOLUME_ATTACHMENTS).get("golden-va")
+    assert cached is not None
+    try:
+        await h.sync_va(cached)
+        raised = None
+    except SyncError as err:
+        raised = err
+    stored = cluster.va()
+    if raised is None:
+        assert stored is None or FINALIZER not in stored["metadata"].get("finalizers", [])
+    else:
+        assert stored is not None
+        message = ((stored.get("status") or {}).get("detachError") or {}).get("message", "")
+        assert message and not UNREADABLE.search(message), (raised, stored.get("status"))
+        assert FINALIZER in stored["metadata"]["finalizers"]
