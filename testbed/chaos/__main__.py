@@ -1,6 +1,7 @@
 """`make chaos`: python -m testbed.chaos [--duration 3m] [--seed N] [--settle 60s] [--v N] [--workdir DIR].
 
-Exit code 0 only when every invariant held; 1 when one was violated; 2 for bad arguments.
+Exit code 0 only when every invariant held; 1 when one was violated; 2 for bad arguments or a test
+bed that did not start.
 `--print-schedule` prints the seeded schedule and exits (the same seed prints the same lines).
 """
 
@@ -62,6 +63,9 @@ def main() -> None:
         sys.exit(asyncio.run(soak(options)))
     except KeyboardInterrupt:
         sys.exit(130)
+    except RuntimeError as exc:  # the test bed or the sidecars did not start: no verdict
+        print(f"chaos soak could not start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

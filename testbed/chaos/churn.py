@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from common.kube.client import ApiError
 from common.kube.resources import PERSISTENT_VOLUME_CLAIMS, PODS, SECRETS, STORAGE_CLASSES
 from common.quantity import parse_quantity
@@ -209,7 +211,7 @@ class Churn:
     async def _perform(self, step: ChurnStep) -> None:
         try:
             await getattr(self, "_" + step.action.name.lower())(step)
-        except ApiError:
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError):  # refused even after retries
             self.failed += 1
             return
         self.requested[step.action] += 1

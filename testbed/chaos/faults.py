@@ -71,7 +71,13 @@ class Injector:
     async def inject(self, step: FaultStep) -> FaultRecord:
         record = FaultRecord(len(self.records) + 1, step, time.time())
         self.records.append(record)
-        probe = await self._inject[step.kind](record)
+        try:
+            probe = await self._inject[step.kind](record)
+        except Exception as exc:  # e.g. the API server still away after the previous fault
+            record.triggered = False
+            record.recovered_by = f"not triggered: the injection failed: {exc!r}"
+            self.say(f"fault #{record.number} {step.describe()}: injection failed: {exc!r}")
+            return record
         self.say(f"fault #{record.number} {step.describe()}: {record.detail}")
         task = asyncio.get_running_loop().create_task(
             self._probe(record, probe), name=f"probe fault {record.number}"

@@ -87,6 +87,8 @@ class Fleet:
     exits: list[Exit] = field(default_factory=list)
     http_ports: dict[str, int] = field(default_factory=dict)
     _expected: set[str] = field(default_factory=set)
+    """Processes that are down on purpose: killed or stopped and waiting for their restart."""
+    _final: set[str] = field(default_factory=set)
     _backoff: dict[str, float] = field(default_factory=dict)
 
     def _args(self) -> dict[str, list[str]]:
@@ -156,8 +158,16 @@ class Fleet:
         asyncio.get_running_loop().call_later(restart_after, self._restart, name)
         return code
 
+    async def restarted(self, *, timeout: float) -> None:
+        """Wait (bounded) until every process the schedule took down was started again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._expected - self._final and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+
     async def terminate_for_good(self, name: str) -> int | None:
         """SIGTERM `name` at the end of the soak (no restart); a non-zero exit is still recorded."""
+        self._final.add(name)
         self._expected.add(name)
         code = await self.process(name).stop(timeout=20)
         self.exits.append(Exit(name, code, time.time(), expected=True, signal="SIGTERM", final=True))
@@ -165,7 +175,7 @@ class Fleet:
 
     def _restart(self, name: str) -> None:
         proc = self.process(name)
-        if not proc.running():
+        if not proc.running() and name not in self._final:
             proc.start()
         self._expected.discard(name)
 

@@ -150,6 +150,7 @@ def as_json(
             "requested": dict(churn.requested),
             "completed": dict(churn.done),
             "dropped": churn.dropped,
+            "refused": churn.failed,
         },
         "restarts": fleet.restarts(),
         "unexpected_exits": [

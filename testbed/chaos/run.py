@@ -106,9 +106,16 @@ class Soak:
             ]
             return any(d["name"] == DRIVER_NAME for d in drivers) and all(leaders)
 
-        async with asyncio.timeout(READY_TIMEOUT):
-            while not await ready():
-                await asyncio.sleep(0.2)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while not await ready():
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            tails = "\n".join(f"--- {p.name}\n{p.tail(5)}" for p in self.cluster.processes.values())
+            raise RuntimeError(
+                f"not ready within {READY_TIMEOUT:.0f}s (the driver registered, a leader per component)"
+                f"\n{tails}"
+            ) from None
 
     async def _soak(self, api: Api, control: Control) -> int:
         churn = Churn(api, self.secret)
@@ -140,6 +147,7 @@ class Soak:
                 task.cancel()
         await requests.collect()
         injector.explain_bursts(requests.records)
+        await self.fleet.restarted(timeout=15.0)  # a leader killed late is back before the end
         final = snap or await observer.once()
         sockets = self._sockets()
         await self._scrape_metrics()
@@ -224,11 +232,13 @@ class Soak:
         directory.mkdir(exist_ok=True)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             for name, port in self.fleet.http_ports.items():
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/metrics") as answer:
-                        (directory / f"{name}.txt").write_text(await answer.text())
-                except aiohttp.ClientError:
-                    continue
+                for _ in range(50):  # a replica restarted a moment ago may not listen yet
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                            (directory / f"{name}.txt").write_text(await answer.text())
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
 
     async def _stop_fleet(self) -> None:
         names = self.fleet.names
