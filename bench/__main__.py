@@ -21,6 +21,7 @@ ORDER = (
     "attacher_bench",
     "resizer_bench",
     "combined_bench",
+    "capacity_bench",
 )
 
 

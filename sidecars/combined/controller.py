@@ -104,6 +104,7 @@ def _group(view: Runtime, lock_name: str, controllers: Sequence[Controller]) -> 
 async def provisioner_group(rt: Runtime, config: ProvisionerConfig) -> ControllerGroup:
     """csi-provisioner's claim and volume controllers (its capability check included)."""
     view = scoped(rt, config.standard, resync=provisioner_main.RESYNC_PERIOD)
+    config = await provisioner_main.settle_gates(view, config)
     driver = await provisioner_main.discover(view, config)
     provision = build_provisioner(view, config, driver)
     return _group(view, provisioner_lock(driver.name), provision.controllers)
