@@ -241,23 +241,35 @@ class ClaimController:
             return bool(names.annotations_of(claim).get(names.ANN_SELECTED_NODE))
         return True
 
-    async def provision_claim(self, claim: Obj) -> None:
-        """upstream `provisionClaimOperation`: raises ProvisionError/IgnoredClaim on failure."""
-        key = names.claim_key(claim)
+    def preflight(self, claim: Obj, sc: Obj | None) -> ProvisionError | IgnoredClaim | None:
+        """The checks of upstream `provisionClaimOperation` before it provisions, in its order and with
+        its texts; None when all pass. Pure: `provision_claim` and `explain` both decide with it."""
         pv_name = self._pv_name(claim)
         if pv_name is not None and self.volumes.get(pv_name) is not None:
-            raise ProvisionError(f"PersistentVolume {pv_name} already exists", FINISHED, stop=True)
-        sc = self.storage_class(claim)
+            return ProvisionError(f"PersistentVolume {pv_name} already exists", FINISHED, stop=True)
         if sc is None:
-            raise ProvisionError(f'storageClass "{names.claim_class(claim)}" not found', FINISHED)
+            return ProvisionError(f'storageClass "{names.claim_class(claim)}" not found', FINISHED)
         if sc.get("provisioner") != self.provisioner.driver:
-            raise IgnoredClaim(f"unknown provisioner {sc.get('provisioner')!r} requested in the StorageClass")
+            return IgnoredClaim(
+                f"unknown provisioner {sc.get('provisioner')!r} requested in the StorageClass"
+            )
         node = names.selected_node(claim) or ""
         nodes = self.provisioner.builder.nodes
         if node and nodes is not None and nodes.nodes.get(node) is None:
-            await self._failed(
-                claim, ProvisionError(f'node "{node}" not found', ProvisioningState.RESCHEDULE)
-            )
+            return ProvisionError(f'node "{node}" not found', ProvisioningState.RESCHEDULE)
+        return None
+
+    async def provision_claim(self, claim: Obj) -> None:
+        """upstream `provisionClaimOperation`: raises ProvisionError/IgnoredClaim on failure."""
+        key = names.claim_key(claim)
+        sc = self.storage_class(claim)
+        blocked = self.preflight(claim, sc)
+        if isinstance(blocked, ProvisionError) and blocked.state is ProvisioningState.RESCHEDULE:
+            await self._failed(claim, blocked)
+        if blocked is not None:
+            raise blocked
+        assert sc is not None  # preflight refuses a claim without a StorageClass
+        node = names.selected_node(claim) or ""
         self.recorder.event(
             claim, NORMAL, "Provisioning", f'External provisioner is provisioning volume for claim "{key}"'
         )

@@ -7,8 +7,8 @@ controller's own decisions are asked in `sync`'s order:
 
 1. `ClaimController.should_provision` (bound? being deleted? asked for this driver? StorageClass?
    WaitForFirstConsumer without a selected node?) — the sentence says which of its conditions held;
-2. `preflight`: the first checks of `ClaimController.provision_claim` (PV already saved, StorageClass
-   of another provisioner, selected node gone), which that method runs inline with side effects;
+2. `ClaimController.preflight`: the first checks `provision_claim` makes (PV already saved,
+   StorageClass of another provisioner, selected node gone);
 3. `RequestBuilder.prepare(..., protect=False)` — every request check (capabilities, selector, data
    source, fstype, access modes, topology, secrets, parameters, VolumeAttributesClass), read-only.
 
@@ -122,7 +122,7 @@ async def _explain(
         report.decide(await _why_not(session, claims, claim, sc))
         return
     node = names.selected_node(claim) or ""
-    blocker = preflight(claim, sc, claims=claims, pv_name=pv_name, node=node)
+    blocker = claims.preflight(claim, sc)
     if blocker is None:
         try:
             assert sc is not None  # should_provision raised otherwise
@@ -147,32 +147,6 @@ async def _explain(
         )
     else:
         report.decide(f"Would provision: {call}, then save PersistentVolume {request.name}.")
-
-
-def preflight(
-    claim: Mapping[str, Any],
-    sc: Mapping[str, Any] | None,
-    *,
-    claims: ClaimController,
-    pv_name: str | None,
-    node: str,
-) -> ProvisionError | IgnoredClaim | None:
-    """The checks `ClaimController.provision_claim` makes before it provisions, in its order and with its
-    errors (it runs them inline, with an event and a reschedule on the way): None when all pass."""
-    if pv_name is not None and claims.volumes.get(pv_name) is not None:
-        return ProvisionError(
-            f"PersistentVolume {pv_name} already exists", ProvisioningState.FINISHED, stop=True
-        )
-    if sc is None:
-        return ProvisionError(
-            f'storageClass "{names.claim_class(claim)}" not found', ProvisioningState.FINISHED
-        )
-    if sc.get("provisioner") != claims.provisioner.driver:
-        return IgnoredClaim(f"unknown provisioner {sc.get('provisioner')!r} requested in the StorageClass")
-    nodes = claims.provisioner.builder.nodes
-    if node and nodes is not None and nodes.nodes.get(node) is None:
-        return ProvisionError(f'node "{node}" not found', ProvisioningState.RESCHEDULE)
-    return None
 
 
 def _blocked(err: ProvisionError | IgnoredClaim, node: str) -> str:
