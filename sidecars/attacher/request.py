@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.csi import capability
 from common.leaderelection import sanitize_name
 from proto import csi_pb2
 
@@ -38,7 +39,6 @@ NODE_ID_ANNOTATION = "csi.alpha.kubernetes.io/node-id"
 NODE_IDS_ANNOTATION = "csi.volume.kubernetes.io/nodeid"
 """On the Node: kubelet's legacy JSON map driver name → node ID."""
 
-_MODE = csi_pb2.VolumeCapability.AccessMode
 
 
 class VolumeError(Exception):
@@ -103,41 +103,23 @@ def csi_source(spec: Mapping[str, Any]) -> Mapping[str, Any]:
 def access_mode(
     modes: list[str], *, single_node_multi_writer: bool
 ) -> csi_pb2.VolumeCapability.AccessMode.Mode:
-    """csi-lib-utils `ToCSIAccessMode`: the CSI access mode for *all* of a PV's access modes."""
-    unique = set(modes)
-    if "ReadWriteOncePod" in unique:
-        if len(unique) > 1:
-            raise VolumeError(
-                "Kubernetes does not support use of ReadWriteOncePod with other access modes on the "
-                "same PersistentVolume"
-            )
-        return _MODE.SINGLE_NODE_SINGLE_WRITER if single_node_multi_writer else _MODE.SINGLE_NODE_WRITER
-    if "ReadWriteMany" in unique:
-        return _MODE.MULTI_NODE_MULTI_WRITER
-    if "ReadOnlyMany" in unique and "ReadWriteOnce" in unique:
-        raise VolumeError("CSI does not support ReadOnlyMany and ReadWriteOnce on the same PersistentVolume")
-    if "ReadOnlyMany" in unique:
-        return _MODE.MULTI_NODE_READER_ONLY
-    if "ReadWriteOnce" in unique:
-        return _MODE.SINGLE_NODE_MULTI_WRITER if single_node_multi_writer else _MODE.SINGLE_NODE_WRITER
-    raise VolumeError(f"unsupported AccessMode combination: [{' '.join(modes)}]")
+    """csi-lib-utils `ToCSIAccessMode` (common.csi.capability), failing with a VolumeError."""
+    try:
+        return capability.access_mode(modes, single_node_multi_writer=single_node_multi_writer)
+    except capability.AccessModeError as err:
+        raise VolumeError(str(err)) from None
 
 
 def volume_capability(
     spec: Mapping[str, Any], *, single_node_multi_writer: bool, default_fstype: str
 ) -> csi_pb2.VolumeCapability:
-    """external-attacher `GetVolumeCapabilities`: one csi.v1.VolumeCapability for a PV spec."""
-    source = spec.get("csi")
-    if not isinstance(source, dict):
-        raise VolumeError("CSI volume source was nil")
-    mode = access_mode(list(spec.get("accessModes") or []), single_node_multi_writer=single_node_multi_writer)
-    capability = csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
-    if spec.get("volumeMode") == "Block":
-        capability.block.SetInParent()
-    else:
-        capability.mount.fs_type = source.get("fsType") or default_fstype
-        capability.mount.mount_flags.extend(spec.get("mountOptions") or [])
-    return capability
+    """external-attacher `GetVolumeCapabilities` (common.csi.capability), failing with a VolumeError."""
+    try:
+        return capability.volume_capability(
+            spec, single_node_multi_writer=single_node_multi_writer, default_fstype=default_fstype
+        )
+    except capability.AccessModeError as err:
+        raise VolumeError(str(err)) from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,13 +20,11 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from common.csi import CSIConnection
+from common.csi import CSIConnection, capability
 from common.kube.client import ApiError, KubeClient
 from common.kube.resources import SECRETS
 from common.quantity import QuantityError, format_quantity, to_bytes
 from proto import csi_pb2
-
-Mode = csi_pb2.VolumeCapability.AccessMode
 
 
 class ResizeError(Exception):
@@ -59,42 +57,21 @@ def is_our_volume(pv: Mapping[str, Any], driver: str) -> bool:
 def access_mode(
     modes: Sequence[str], *, single_node_multi_writer: bool
 ) -> csi_pb2.VolumeCapability.AccessMode.Mode:
-    """csi-lib-utils `accessmodes.ToCSIAccessMode`; ResizeError for combinations CSI cannot express."""
-    unique = set(modes)
-    if "ReadWriteOncePod" in unique:
-        if len(unique) > 1:
-            raise ResizeError(
-                "Kubernetes does not support use of ReadWriteOncePod with other access modes on the same "
-                "PersistentVolume"
-            )
-        return Mode.SINGLE_NODE_SINGLE_WRITER if single_node_multi_writer else Mode.SINGLE_NODE_WRITER
-    if "ReadWriteMany" in unique:
-        return Mode.MULTI_NODE_MULTI_WRITER
-    if "ReadOnlyMany" in unique and "ReadWriteOnce" in unique:
-        raise ResizeError("CSI does not support ReadOnlyMany and ReadWriteOnce on the same PersistentVolume")
-    if "ReadOnlyMany" in unique:
-        return Mode.MULTI_NODE_READER_ONLY
-    if "ReadWriteOnce" in unique:
-        return Mode.SINGLE_NODE_MULTI_WRITER if single_node_multi_writer else Mode.SINGLE_NODE_WRITER
-    raise ResizeError(f"unsupported AccessMode combination: {list(modes)}")
+    """csi-lib-utils `accessmodes.ToCSIAccessMode` (common.csi.capability), failing with a ResizeError."""
+    try:
+        return capability.access_mode(modes, single_node_multi_writer=single_node_multi_writer)
+    except capability.AccessModeError as err:
+        raise ResizeError(str(err)) from None
 
 
 def volume_capability(pv: Mapping[str, Any], *, single_node_multi_writer: bool) -> csi_pb2.VolumeCapability:
-    """GetVolumeCapabilities: block or mount (fsType and mountOptions of the PV), plus the access mode."""
-    spec = pv.get("spec") or {}
-    source = spec.get("csi")
-    if not isinstance(source, Mapping):
-        raise ResizeError("CSI volume source was nil")
-    capability = csi_pb2.VolumeCapability()
-    if spec.get("volumeMode") == "Block":
-        capability.block.SetInParent()
-    else:
-        capability.mount.fs_type = str(source.get("fsType") or "")
-        capability.mount.mount_flags.extend(str(o) for o in spec.get("mountOptions") or ())
-    capability.access_mode.mode = access_mode(
-        list(spec.get("accessModes") or ()), single_node_multi_writer=single_node_multi_writer
-    )
-    return capability
+    """GetVolumeCapabilities (common.csi.capability) for a PV, failing with a ResizeError."""
+    try:
+        return capability.volume_capability(
+            pv.get("spec") or {}, single_node_multi_writer=single_node_multi_writer
+        )
+    except capability.AccessModeError as err:
+        raise ResizeError(str(err)) from None
 
 
 async def read_secret(kube: KubeClient, ref: Mapping[str, Any] | None) -> dict[str, str]:
