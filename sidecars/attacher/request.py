@@ -40,7 +40,6 @@ NODE_IDS_ANNOTATION = "csi.volume.kubernetes.io/nodeid"
 """On the Node: kubelet's legacy JSON map driver name → node ID."""
 
 
-
 class VolumeError(Exception):
     """Why an attach or detach failed, worded as upstream words it; `code` is the gRPC code number of a
     failed CSI call (upstream's `attachError.errorCode`), None for any other failure."""
