@@ -35,6 +35,8 @@ log = get_logger(__name__)
 NOT_READY = "driver responded but is not ready"
 """The 500 body when Probe answered `ready: false` (upstream's text)."""
 _GO_DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+RESEND_AFTER = 0.05
+"""Seconds before a probe the transport lost is sent again (while the probe timeout allows)."""
 
 Verdict = tuple[int, str]
 
@@ -87,9 +89,7 @@ class Prober:
         link.in_flight += 1
         try:
             log.info("Sending probe request to CSI driver", driver=self.driver_name, v=5)
-            response = await link.conn.identity.Probe(
-                csi_pb2.ProbeRequest(), timeout=self.timeout, wait_for_ready=True
-            )
+            response = await self._probe(link)
         except grpc.RpcError as error:
             if status_code(error) is grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._retire(link)
@@ -107,6 +107,25 @@ class Prober:
         else:
             log.error("Driver responded but is not ready", driver=self.driver_name)
         return verdict
+
+    async def _probe(self, link: _Link) -> Any:
+        """Probe within `--probe-timeout`. A call the transport lost mid-flight (UNAVAILABLE: the driver
+        went away with our request on the wire) is sent again while time is left, so a driver that
+        restarts within the timeout answers, as it would to upstream's fresh dial."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            try:
+                return await link.conn.identity.Probe(
+                    csi_pb2.ProbeRequest(), timeout=max(deadline - loop.time(), 0.001), wait_for_ready=True
+                )
+            except grpc.RpcError as error:
+                if (
+                    status_code(error) is not grpc.StatusCode.UNAVAILABLE
+                    or deadline - loop.time() < RESEND_AFTER
+                ):
+                    raise
+            await asyncio.sleep(RESEND_AFTER)
 
     def _retire(self, link: _Link) -> None:
         """Stop using `link` for new probes (once: concurrent timeouts share one redial)."""
