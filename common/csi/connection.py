@@ -324,6 +324,11 @@ class CSIConnection:
 
     # ------------------------------------------------------------------ reconnecting
 
+    @property
+    def connected(self) -> bool:
+        """Whether the channel is READY now (then an UNAVAILABLE answer came from the driver itself)."""
+        return self._channel.get_state() is _READY
+
     def on_reconnect(self, callback: ReconnectCallback) -> None:
         """Await `callback()` after every reconnect (e.g. to resync a controller)."""
         self._callbacks.append(callback)

@@ -109,9 +109,10 @@ class Prober:
         return verdict
 
     async def _probe(self, link: _Link) -> Any:
-        """Probe within `--probe-timeout`. A call the transport lost mid-flight (UNAVAILABLE: the driver
-        went away with our request on the wire) is sent again while time is left, so a driver that
-        restarts within the timeout answers, as it would to upstream's fresh dial."""
+        """Probe within `--probe-timeout`. A call the transport lost mid-flight (UNAVAILABLE and the
+        channel no longer READY: the driver went away with our request on the wire) is sent again while
+        time is left, so a driver that restarts within the timeout answers, as it would to upstream's
+        fresh dial. An UNAVAILABLE the driver itself answered (channel still READY) is its verdict."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         while True:
@@ -120,10 +121,8 @@ class Prober:
                     csi_pb2.ProbeRequest(), timeout=max(deadline - loop.time(), 0.001), wait_for_ready=True
                 )
             except grpc.RpcError as error:
-                if (
-                    status_code(error) is not grpc.StatusCode.UNAVAILABLE
-                    or deadline - loop.time() < RESEND_AFTER
-                ):
+                lost = status_code(error) is grpc.StatusCode.UNAVAILABLE and not link.conn.connected
+                if not lost or deadline - loop.time() < RESEND_AFTER:
                     raise
             await asyncio.sleep(RESEND_AFTER)
 

@@ -134,3 +134,10 @@ async def test_probes_are_recorded_under_the_driver_name(prober: Prober, metrics
         'csi_sidecar_operations_seconds_count{driver_name="unknown-driver",grpc_status_code="OK",'
         'method_name="/csi.v1.Identity/GetPluginInfo"} 1\n' in text
     )
+
+
+async def test_unavailable_from_a_connected_driver_is_its_answer(prober: Prober, driver: TestDriver) -> None:
+    """Only a call the transport lost is sent again; a driver answering UNAVAILABLE gets a 500."""
+    driver.faults.add("Probe", "error", code=grpc.StatusCode.UNAVAILABLE, message="offline", count=1)
+    assert await prober.healthz() == (500, "rpc error: code = Unavailable desc = offline")
+    assert driver.calls.counts["Probe"] == 1
