@@ -192,9 +192,19 @@ def requested_bytes(claim: Mapping[str, Any]) -> int:
     if request is None:
         return 0
     try:
-        return to_bytes(str(request))
+        size = to_bytes(str(request))
     except QuantityError as err:
         raise ProvisionError(f"invalid storage request {request!r}: {err}", FINISHED) from None
+    if size > MAX_CSI_BYTES:  # capacity_range is an int64: the protobuf field refuses more
+        raise ProvisionError(
+            f"storage request {request!r} is {size} bytes, more than CSI can ask for ({MAX_CSI_BYTES})",
+            FINISHED,
+        )
+    return size
+
+
+MAX_CSI_BYTES = 2**63 - 1
+"""The largest `capacity_range.required_bytes` (int64)."""
 
 
 PopulatorHook = Callable[[Obj], None]
