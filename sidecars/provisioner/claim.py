@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
@@ -48,6 +49,7 @@ log = get_logger(__name__)
 
 Obj = dict[str, Any]
 UID_INDEX = "uid"
+DELETED_CLASSES_KEPT = 256
 FINISHED = ProvisioningState.FINISHED
 
 
@@ -81,6 +83,11 @@ class ClaimController:
         self.claims.add_index(UID_INDEX, _uid_index)
         self.volumes = factory.informer(PERSISTENT_VOLUMES, transform=names.typed("v1", "PersistentVolume"))
         self.classes = factory.informer(STORAGE_CLASSES)
+        self.deleted_classes: OrderedDict[str, Obj] = OrderedDict()
+        """Name → the last copy of a StorageClass deleted while this process ran (at most
+        DELETED_CLASSES_KEPT): a claim deleted together with its class can still have its volume
+        looked up and deleted (abandoned) instead of staying Terminating on our intent finalizer."""
+        self.classes.add_handler(FuncHandler(delete=self._class_deleted))
         self.queue: WorkQueue[str] = WorkQueue(
             "claims",
             limiter=ItemExponential(config.retry_interval_start, config.retry_interval_max),
@@ -136,6 +143,13 @@ class ClaimController:
 
     def storage_class(self, claim: Mapping[str, Any]) -> Obj | None:
         return self.classes.store.get(names.claim_class(claim))
+
+    def _class_deleted(self, sc: Obj) -> None:
+        name = str((sc.get("metadata") or {}).get("name", ""))
+        self.deleted_classes[name] = sc
+        self.deleted_classes.move_to_end(name)
+        while len(self.deleted_classes) > DELETED_CLASSES_KEPT:
+            self.deleted_classes.popitem(last=False)
 
     # ------------------------------------------------------------------------ sync
 
@@ -196,7 +210,8 @@ class ClaimController:
     async def _abandon(self, claim: Obj) -> None:
         uid = names.claim_uid(claim)
         try:
-            await self.intent.abandon(claim, self.storage_class(claim))
+            sc = self.storage_class(claim) or self.deleted_classes.get(names.claim_class(claim))
+            await self.intent.abandon(claim, sc)
         except ProvisionError as err:
             self.recorder.event(claim, WARNING, "ProvisioningFailed", str(err))
             raise

@@ -14,9 +14,10 @@ the restart, the PVC is gone too, so nobody ever deletes the volume. We record t
 * A PVC being deleted that carries the finalizer and has no PV is *abandoned*: CreateVolume is
   issued again with the same name (idempotent: it answers the existing volume, or creates it) and
   the volume is then deleted with DeleteVolume; a final CreateVolume error means nothing exists. Only
-  then is the finalizer removed and the PVC allowed to go. A "may be in progress" error, or a request
-  that cannot be built (StorageClass or secret gone), keeps it with a `ProvisioningFailed` event and
-  retries with backoff.
+  then is the finalizer removed and the PVC allowed to go. A StorageClass deleted while this process
+  ran is still known (the claim controller keeps its last copy), so deleting a claim and its class
+  together works. A "may be in progress" error, or a request that cannot be built (class unknown
+  after a restart, secret gone), keeps it with a `ProvisioningFailed` event and retries with backoff.
 
 `--persist-provisioning-intent=false` stops adding the finalizer; PVCs that already carry it are
 still handled (and cleared) as above, so turning it off never strands a PVC.

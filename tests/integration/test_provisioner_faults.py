@@ -128,3 +128,24 @@ async def test_unavailable_driver_call_is_retried_with_the_same_name(
         assert len(driver.calls.of("CreateVolume")) == 3 and len(driver.volumes) == 1
         await asyncio.sleep(0)
         await stop_cleanly(process)
+
+
+async def test_claim_and_class_deleted_together_while_failing_leak_nothing_and_strand_nothing(
+    apiserver: ApiServer, driver: TestDriver, sidecar: Any
+) -> None:
+    """A claim whose CreateVolume keeps timing out (the volume may exist) is deleted together with
+    its StorageClass: the provisioner still looks the volume up with the class it last saw, deletes
+    it, and lets the claim go (no Terminating claim held by our intent finalizer)."""
+    async with provisioner_bed(apiserver, driver, sidecar) as bed:
+        driver.faults.add("CreateVolume", "succeed_then_timeout", count=3)
+        process = bed.start("--timeout=300ms")
+        await bed.create_claim("doomed")
+        await driver.calls.wait_for("CreateVolume", 1, finished=True)
+        assert len(driver.volumes) == 1
+        claim = await bed.get("persistentvolumeclaims", "doomed", "default")
+        assert claim is not None and INTENT in claim["metadata"]["finalizers"]
+        await bed.delete_claim("doomed")
+        await apiserver.store.delete("storageclasses", claim["spec"]["storageClassName"])
+        await bed.wait_gone("persistentvolumeclaims", "doomed", "default")
+        await bed.wait_no_volumes()
+        await stop_cleanly(process)
