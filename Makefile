@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit proto proto-check demo bench bench-apiserver bench-informers bench-provisioner bench-combined clean
+.PHONY: venv test lint typecheck unit proto proto-check demo chaos bench bench-apiserver bench-informers bench-provisioner bench-combined clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ proto-check: venv
 
 demo: venv
 	$(PY) -m testbed.demo
+
+# The fault-injection soak: churn plus scheduled faults against the real sidecars, then the invariants
+# (exit 0 only if all hold). SEED=N gives the same schedule again; DURATION=30s for a short run
+# (the 30 s run is part of `make test`, through tests/chaos).
+SEED ?= 1
+DURATION ?= 3m
+chaos: venv
+	$(PY) -m testbed.chaos --duration $(DURATION) --seed $(SEED)
 
 bench: venv
 	$(PY) -m bench

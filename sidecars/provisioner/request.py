@@ -126,7 +126,7 @@ def fs_type(sc_params: Mapping[str, str], default: str) -> str:
     """The filesystem type from the StorageClass parameters, else `default`."""
     found = [v for k, v in sc_params.items() if k.lower() == "fstype" or k == names.PREFIXED_FSTYPE]
     if any(k.lower() == "fstype" for k in sc_params):
-        log.warning(secrets.deprecation_warning("fstype", names.PREFIXED_FSTYPE))
+        secrets.warn_deprecated("fstype", names.PREFIXED_FSTYPE)
     if len(found) > 1:
         raise ProvisionError(
             f'fstype specified in parameters with both "fstype" and "{names.PREFIXED_FSTYPE}" keys', FINISHED

@@ -82,9 +82,11 @@ KNOWN_PREFIXED_KEYS = frozenset(
 )
 
 
-def deprecation_warning(old: str, new: str) -> str:
-    """upstream `deprecationWarning`."""
-    return f'"{old}" is deprecated and will be removed in a future release, please use "{new}" instead'
+def warn_deprecated(old: str, new: str) -> None:
+    """upstream `deprecationWarning`, as a structured line naming both parameters."""
+    log.warning(
+        "StorageClass parameter is deprecated and will be removed in a future release", old=old, new=new
+    )
 
 
 def templates(params: SecretParams, sc_params: Mapping[str, str]) -> tuple[str, str]:
@@ -93,10 +95,10 @@ def templates(params: SecretParams, sc_params: Mapping[str, str]) -> tuple[str, 
     names = namespaces = 0
     if params.deprecated_name_key and params.deprecated_name_key in sc_params:
         name, names = sc_params[params.deprecated_name_key], names + 1
-        log.warning(deprecation_warning(params.deprecated_name_key, params.name_key))
+        warn_deprecated(params.deprecated_name_key, params.name_key)
     if params.deprecated_namespace_key and params.deprecated_namespace_key in sc_params:
         namespace, namespaces = sc_params[params.deprecated_namespace_key], namespaces + 1
-        log.warning(deprecation_warning(params.deprecated_namespace_key, params.namespace_key))
+        warn_deprecated(params.deprecated_namespace_key, params.namespace_key)
     if params.name_key in sc_params:
         name, names = sc_params[params.name_key], names + 1
     if params.namespace_key in sc_params:

@@ -178,6 +178,7 @@ async def test_fuzzed_classes_and_claims_end_bound_or_explained(
         assert outcome == "bound" or readable(outcome), outcome
         assert SECRET_VALUE not in outcome
         await api.delete(PERSISTENT_VOLUME_CLAIMS, f"fz-{n}", NAMESPACE)
+        await api.delete(STORAGE_CLASSES, f"fz-{n}")  # both at once: the claim must still go
 
         async def nothing_left() -> bool:
             state = await control.driver_call("GET", "state")
@@ -187,9 +188,6 @@ async def test_fuzzed_classes_and_claims_end_bound_or_explained(
             )
 
         await until(nothing_left, 20, f"claim fz-{n} and its volume gone")
-        # The class goes last: a claim whose provisioning failed keeps the provisioning-intent
-        # finalizer, and abandoning it needs its StorageClass (sidecars.provisioner.intent).
-        await api.delete(STORAGE_CLASSES, f"fz-{n}")
         for name, proc in bed.processes.items():
             assert proc.running(), f"{name} exited:\n{proc.tail()}"
     finally:

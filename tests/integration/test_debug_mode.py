@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from kit import SidecarProcess, eventually
 
@@ -68,7 +69,12 @@ async def test_attacher_attaches_on_the_embedded_bed(tmp_path: Path) -> None:
         assert "--v=5" not in process.args  # the verbosity comes from debug mode
         kube = await client(where["kubeconfig"])
         try:
-            csinode = await eventually(lambda: kube.get(CSI_NODES, "node-1"), message="the kubelet's CSINode")
+
+            async def registered() -> dict[str, Any] | None:
+                node = await kube.get(CSI_NODES, "node-1")
+                return node if node["spec"].get("drivers") else None
+
+            csinode = await eventually(registered, message="the driver in the kubelet's CSINode")
             assert [d["name"] for d in csinode["spec"]["drivers"]] == [DRIVER]
             sc = await kube.get(STORAGE_CLASSES, "csi-hostpath-sc")
             assert sc["provisioner"] == DRIVER
