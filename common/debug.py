@@ -29,9 +29,7 @@ is embedded: a normal start never loads it.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -145,6 +143,9 @@ def _endpoint(address: str) -> str:
 @asynccontextmanager
 async def embedded(program: str, bed: Bed, steps: Plan, flags: Flags) -> AsyncIterator[list[str]]:
     """Start what `steps` asks for in this process; yield the flags that point the sidecar at it."""
+    import shutil  # here, not at the top: a normal start never pays for them (node sidecars' RSS budget)
+    import tempfile
+
     workdir = Path(tempfile.mkdtemp(prefix="csi-debug-", dir="/tmp"))  # unix socket paths stay short
     try:
         async with AsyncExitStack() as stack:

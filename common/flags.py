@@ -21,7 +21,6 @@ where parsing stops at the first one, as in Go).
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import sys
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from common.govalues import (
     parse_uint,
 )
 from common.logging import configure, get_logger
+from common.version import VERSION
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -342,10 +342,7 @@ _USAGE = {
 
 def version() -> str:
     """This project's version, printed by `--version` as `<program> <version>`."""
-    try:
-        return "v" + importlib.metadata.version("python-csi-sidecars")
-    except importlib.metadata.PackageNotFoundError:
-        return "v0.0.0-dev"
+    return f"v{VERSION}"
 
 
 def add_logging_flags(fs: FlagSet) -> None:

@@ -3,9 +3,10 @@
 Not aiohttp, whose import alone costs 12-14 MiB of RSS (a third of the node sidecars' 40 MiB budget):
 HTTP/1.1 on `asyncio.start_server` streams, answering as Go's net/http does (headers in its order;
 keep-alive unless `Connection: close` or HTTP/1.0; GET and HEAD; the mux's `404 page not found`; 405
-otherwise), with limits against slow or bad clients (below). `Metrics` is imported for type checking
-only, so a process without metrics never loads prometheus_client. `serve()` is an ordinary task with a
-`finally`: cancelled, it closes the listening socket and every connection under `asyncio.shield`.
+otherwise), with limits against slow or bad clients (below). /metrics serves any `MetricsSource`
+(common.metrics, or the livenessprobe's own), so this module never loads prometheus_client. `serve()`
+is an ordinary task with a `finally`: cancelled, it closes the listening socket and every connection
+under `asyncio.shield`.
 Addresses use Go's syntax: `:8080`, `host:8080`, `[::1]:8080`; port 0 picks a free port (`bound_port`).
 """
 
@@ -15,18 +16,25 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from common.errors import ConfigError, SidecarError
 from common.logging import get_logger
-
-if TYPE_CHECKING:
-    from common.metrics import Metrics
 
 log = get_logger(__name__)
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 Check = Callable[[], Awaitable[tuple[int, str]]]
+
+
+class MetricsSource(Protocol):
+    """What /metrics serves: `common.metrics.Metrics`, or the livenessprobe's `ProbeMetrics`."""
+
+    def render(self) -> tuple[bytes, str]:
+        """The body in the Prometheus text format, and its content type."""
+        ...
+
+
 TEXT = "text/plain; charset=utf-8"
 MAX_HEAD_BYTES = 8192  # request line and headers (Go allows 1 MiB); more is answered 431
 MAX_BODY_BYTES = 65536  # a request body is read and ignored; a longer one is answered 413
@@ -75,7 +83,7 @@ class HttpEndpoint:
         self,
         address: str,
         *,
-        metrics: Metrics | None,
+        metrics: MetricsSource | None,
         metrics_path: str = "/metrics",
         flag: str = "http-endpoint",
     ) -> None:

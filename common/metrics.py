@@ -19,28 +19,33 @@ Not reproduced: `go_*` runtime metrics, `promhttp_metric_handler_*`, component-b
 `registered_metrics_total` & co, `leader_election_slowpath_total`, the apiserver metrics the
 sidecars export by accident, and the `migrated` label for CSI-migration drivers.
 
-`render()` writes the text format the way Go's expfmt does: families sorted by name, labels sorted,
-numbers like Go's strconv (`le="1"`, not `le="1.0"`), no `_created` series, and no family that has
-no series yet (a Go `*Vec` with no children is not exported).
+`render()` writes the text format the way Go's expfmt does (common.expfmt). The livenessprobe, which
+exports only the operations histogram and the start time, does without this module and
+prometheus_client (sidecars/livenessprobe/metrics.py).
 """
 
 from __future__ import annotations
 
 import resource
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 
-from common.govalues import format_float
+from common.csi.interceptor import (
+    OPERATIONS_BUCKETS,
+    OPERATIONS_HELP,
+    OPERATIONS_METRIC,
+    RECONNECTS_HELP,
+    RECONNECTS_METRIC,
+    UNKNOWN_DRIVER,
+)
+from common.expfmt import CONTENT_TYPE, exposition
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPERATIONS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 25, 50, 120, 300, 600)
 DEF_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -54,7 +59,6 @@ def _exponential(start: float, factor: float, count: int) -> tuple[float, ...]:
 
 
 WORKQUEUE_BUCKETS = _exponential(10e-9, 10, 10)
-UNKNOWN_DRIVER = "unknown-driver"
 _START_TIME_HELP = "Start time of the process since unix epoch in seconds."
 
 
@@ -178,15 +182,15 @@ class Metrics:
         reg = self.registry
         self.registry.register(_ProcessMetrics(full=process_collector, alpha_start_time=alpha_start_time))
         self._operations = Histogram(
-            "csi_sidecar_operations_seconds",
-            "[ALPHA] Container Storage Interface operation duration with gRPC error code status total",
+            OPERATIONS_METRIC,
+            OPERATIONS_HELP,
             ("driver_name", "grpc_status_code", "method_name"),
             buckets=OPERATIONS_BUCKETS,
             registry=reg,
         )
         self._reconnects = Counter(
-            "csi_sidecar_reconnects_total",
-            "Number of times the connection to the CSI driver was re-established (python-csi-sidecars only).",
+            RECONNECTS_METRIC,
+            RECONNECTS_HELP,
             ("driver_name",),
             registry=reg,
         )
@@ -332,45 +336,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The `/metrics` body in the Prometheus text format, and its content type."""
         return exposition(self.registry.collect()).encode(), CONTENT_TYPE
-
-
-def exposition(families: Iterable[Metric]) -> str:
-    """Write families as Go's expfmt does (see the module docstring)."""
-    lines: list[str] = []
-    for family in sorted(families, key=_exposed_name):
-        derived = (f"{family.name}_created",) if family.type in ("counter", "histogram", "summary") else ()
-        samples = [s for s in family.samples if s.name not in derived]
-        if not samples:
-            continue
-        name = _exposed_name(family)
-        kind = family.type if family.type in ("counter", "gauge", "histogram", "summary") else "untyped"
-        lines.append(f"# HELP {name} {family.documentation.translate(_HELP_ESCAPE)}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{s.name}{_labels(s)} {format_float(s.value)}" for s in sorted(samples, key=_go_order))
-    return "".join(line + "\n" for line in lines)
-
-
-def _exposed_name(family: Metric) -> str:
-    """prometheus_client keeps a counter's name without `_total`; the text format (and Go) has it."""
-    return f"{family.name}_total" if family.type == "counter" else family.name
-
-
-_SUFFIX_RANK = {"_bucket": 0, "_sum": 1, "_count": 2}
-_HELP_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n"})
-_LABEL_ESCAPE = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
-
-
-def _go_order(sample: Sample) -> tuple[tuple[str, ...], int, float]:
-    """Series sorted by label values; in a histogram series the buckets, then _sum, then _count."""
-    series = tuple(value for key, value in sorted(sample.labels.items()) if key != "le")
-    rank = next((r for suffix, r in _SUFFIX_RANK.items() if sample.name.endswith(suffix)), 0)
-    return series, rank, float(sample.labels.get("le", 0))
-
-
-def _labels(sample: Sample) -> str:
-    pairs = sorted((k, v) for k, v in sample.labels.items() if k != "le")
-    if "le" in sample.labels:
-        pairs.append(("le", format_float(float(sample.labels["le"]))))
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{v.translate(_LABEL_ESCAPE)}"' for k, v in pairs) + "}"

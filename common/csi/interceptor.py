@@ -26,7 +26,18 @@ from common.logging import Lazy, enabled, get_logger
 
 log = get_logger(__name__)
 
+OPERATIONS_METRIC = "csi_sidecar_operations_seconds"
+"""csi-lib-utils' histogram of every CSI call, by driver_name, grpc_status_code and method_name."""
+OPERATIONS_HELP = "[ALPHA] Container Storage Interface operation duration with gRPC error code status total"
+OPERATIONS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 25, 50, 120, 300, 600)
 UNKNOWN_DRIVER = "unknown-driver"
+"""The driver_name of a call made before GetPluginInfo answered (Probe, GetPluginInfo itself)."""
+RECONNECTS_METRIC = "csi_sidecar_reconnects_total"
+"""Ours, not upstream's: how often the channel to the driver was re-established, by driver_name."""
+RECONNECTS_HELP = (
+    "Number of times the connection to the CSI driver was re-established (python-csi-sidecars only)."
+)
+"""The driver_name of a call made before GetPluginInfo answered (Probe, GetPluginInfo itself)."""
 
 if TYPE_CHECKING:
     _Interceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]

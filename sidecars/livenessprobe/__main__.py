@@ -12,6 +12,12 @@ Stop: SIGTERM closes the servers and the channel, exit 0.
 
 from __future__ import annotations
 
+import sys
+
+from common.notls import skip_openssl
+
+skip_openssl(sys.argv[1:])  # before anything imports asyncio (common.notls)
+
 import asyncio
 
 from common import debug, entrypoint
@@ -19,14 +25,14 @@ from common.csi import CSIConnection
 from common.flags import apply_logging_flags
 from common.http import HttpEndpoint
 from common.logging import get_logger
-from common.metrics import Metrics
 from sidecars.livenessprobe.cli import PROGRAM, LivenessProbeConfig, build_flagset
 from sidecars.livenessprobe.controller import Prober
+from sidecars.livenessprobe.metrics import ProbeMetrics
 
 log = get_logger(__name__)
 
 
-def endpoints(config: LivenessProbeConfig, prober: Prober, metrics: Metrics) -> dict[str, HttpEndpoint]:
+def endpoints(config: LivenessProbeConfig, prober: Prober, metrics: ProbeMetrics) -> dict[str, HttpEndpoint]:
     """The HTTP servers: /healthz (+ /metrics with `--http-endpoint`), and a separate metrics one."""
     shared = config.metrics_address and not config.separate_metrics
     health = HttpEndpoint(
@@ -44,7 +50,7 @@ def endpoints(config: LivenessProbeConfig, prober: Prober, metrics: Metrics) -> 
     return servers
 
 
-async def probe_once(config: LivenessProbeConfig, metrics: Metrics) -> int:
+async def probe_once(config: LivenessProbeConfig, metrics: ProbeMetrics) -> int:
     """`--once`: one /healthz answer printed (reaching the driver within --probe-timeout): 0 if 200."""
     timeout = config.probe_timeout
     async with await CSIConnection.connect(
@@ -61,7 +67,7 @@ async def amain(argv: list[str]) -> int:
     flags = entrypoint.parse_or_exit(build_flagset(), argv)
     apply_logging_flags(flags)
     config = LivenessProbeConfig.from_flags(flags)
-    metrics = Metrics(process_collector=False)
+    metrics = ProbeMetrics()
     if flags.boolean("once"):
         return await probe_once(config, metrics)
     csi = await CSIConnection.connect(

@@ -11,6 +11,12 @@ registration exits 1.
 
 from __future__ import annotations
 
+import sys
+
+from common.notls import skip_openssl
+
+skip_openssl(sys.argv[1:])  # before anything imports asyncio (common.notls)
+
 import asyncio
 
 from common import debug, entrypoint
