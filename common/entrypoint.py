@@ -28,8 +28,9 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 from common.errors import FlagError, SidecarError
-from common.flags import Flags, FlagSet, HelpRequested, version
+from common.flags import Flags, FlagSet, HelpRequested
 from common.logging import configure, get_logger
+from common.standardflags import version
 
 log = get_logger(__name__)
 

@@ -31,13 +31,14 @@ from typing import Any
 from common.backoff import TokenBucket
 from common.csi import CSIConnection, parse_address
 from common.errors import ConfigError, FlagError, SidecarError
-from common.flags import Flags, FlagSet, HelpRequested, version
+from common.flags import Flags, FlagSet, HelpRequested
 from common.kube.client import ApiError, KubeClient
 from common.kube.config import load_cluster_config
 from common.kube.informer import Informer, InformerFactory
 from common.kube.resources import EVENTS, Resource
 from common.metrics import Metrics
 from common.runtime import Runtime, StandardConfig
+from common.standardflags import version
 
 Obj = dict[str, Any]
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from common.backoff import TokenBucket
 from common.csi import CSIConnection
-from common.flags import Flags, check_http_flags, version
+from common.flags import Flags
 from common.http import HttpEndpoint
 from common.kube.client import KubeClient
 from common.kube.config import load_cluster_config, pod_namespace
@@ -45,6 +45,7 @@ from common.leaderelection import LeaderElectionConfig, LeaderElector, sanitize_
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.once import OncePass, describe_uids
+from common.standardflags import check_http_flags, version
 
 log = get_logger(__name__)
 

@@ -6,9 +6,9 @@ python -m sidecars.attacher --csi-address=/csi/csi.sock --leader-election --v=5
 from __future__ import annotations
 
 from common import debug, entrypoint
-from common.flags import apply_logging_flags, version
 from common.logging import get_logger
 from common.runtime import Runtime
+from common.standardflags import apply_logging_flags, version
 from sidecars.attacher import explain
 from sidecars.attacher.cli import PROGRAM, AttacherConfig, build_flagset
 from sidecars.attacher.controller import AttachController

@@ -17,8 +17,8 @@ from typing import Any
 
 from common import explain
 from common.explain import Report, Session
-from common.flags import apply_logging_flags
 from common.kube.resources import CSI_NODES, NODES, PERSISTENT_VOLUMES, SECRETS, VOLUME_ATTACHMENTS
+from common.standardflags import apply_logging_flags
 from sidecars.attacher.cli import PROGRAM, AttacherConfig, build_flagset
 from sidecars.attacher.handler import Capabilities, discover
 from sidecars.attacher.request import (

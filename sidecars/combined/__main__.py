@@ -13,10 +13,10 @@ mode uses (PV binder, scheduler, attach/detach controller, kubelet), enough for 
 from __future__ import annotations
 
 from common import debug, entrypoint
-from common.flags import apply_logging_flags, version
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Runtime
+from common.standardflags import apply_logging_flags, version
 from sidecars.combined.cli import PROGRAM, CombinedConfig, build_flagset, tokenize
 from sidecars.combined.controller import build_groups
 

@@ -22,9 +22,9 @@ import asyncio
 
 from common import debug, entrypoint
 from common.csi import CSIConnection
-from common.flags import apply_logging_flags
 from common.http import HttpEndpoint
 from common.logging import get_logger
+from common.standardflags import apply_logging_flags
 from sidecars.livenessprobe.cli import PROGRAM, LivenessProbeConfig, build_flagset
 from sidecars.livenessprobe.controller import Prober
 from sidecars.livenessprobe.metrics import ProbeMetrics

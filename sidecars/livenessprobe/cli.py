@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from common.flags import Flags, FlagSet, add_automaxprocs, add_debug_flags, add_logging_flags
+from common.flags import Flags, FlagSet
+from common.standardflags import add_automaxprocs, add_debug_flags, add_logging_flags
 
 PROGRAM = "livenessprobe"
 

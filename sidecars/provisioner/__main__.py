@@ -19,11 +19,11 @@ import grpc
 from common import debug, entrypoint
 from common.csi.errors import describe
 from common.errors import CapabilityError
-from common.flags import apply_logging_flags, version
 from common.kube.client import ApiError, KubeClient
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Runtime
+from common.standardflags import apply_logging_flags, version
 from sidecars.provisioner import explain
 from sidecars.provisioner.cli import PROGRAM, ProvisionerConfig, build_flagset
 from sidecars.provisioner.controller import build, lock_name

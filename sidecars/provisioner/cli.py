@@ -30,15 +30,9 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from common.featuregates import PROVISIONER_GATES, add_feature_gates_flag, feature_gates
-from common.flags import (
-    FlagOptions,
-    Flags,
-    FlagSet,
-    add_debug_flags,
-    add_logging_flags,
-    add_standard_flags,
-)
+from common.flags import FlagOptions, Flags, FlagSet
 from common.runtime import StandardConfig
+from common.standardflags import add_debug_flags, add_logging_flags, add_standard_flags
 
 PROGRAM = "csi-provisioner"
 

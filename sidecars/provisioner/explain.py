@@ -27,7 +27,6 @@ from typing import Any
 from common import explain
 from common.errors import CapabilityError
 from common.explain import Report, Session
-from common.flags import apply_logging_flags
 from common.kube.informer import InformerFactory
 from common.kube.resources import (
     CSI_NODES,
@@ -38,6 +37,7 @@ from common.kube.resources import (
     STORAGE_CLASSES,
 )
 from common.quantity import format_quantity
+from common.standardflags import apply_logging_flags
 from sidecars.provisioner import names
 from sidecars.provisioner.claim import ClaimController
 from sidecars.provisioner.cli import PROGRAM, ProvisionerConfig, build_flagset

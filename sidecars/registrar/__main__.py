@@ -21,9 +21,9 @@ import asyncio
 
 from common import debug, entrypoint
 from common.csi import CSIConnection
-from common.flags import apply_logging_flags, version
 from common.http import HttpEndpoint
 from common.logging import get_logger
+from common.standardflags import apply_logging_flags, version
 from sidecars.registrar.cli import PROGRAM, RegistrarConfig, build_flagset
 from sidecars.registrar.controller import Registration
 from sidecars.registrar.server import RegistrationSocket

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from common import debug, entrypoint
 from common.errors import CapabilityError
-from common.flags import apply_logging_flags, version
 from common.kube.client import ApiError, KubeClient
 from common.leaderelection import sanitize_name
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Controller, Runtime
+from common.standardflags import apply_logging_flags, version
 from sidecars.resizer import explain
 from sidecars.resizer.cli import PROGRAM, ResizerConfig, build_flagset
 from sidecars.resizer.controller import ResizeController

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.featuregates import RESIZER_GATES, add_feature_gates_flag, feature_gates
-from common.flags import Flags, FlagSet, add_debug_flags, add_logging_flags, add_standard_flags
+from common.flags import Flags, FlagSet
 from common.runtime import StandardConfig
+from common.standardflags import add_debug_flags, add_logging_flags, add_standard_flags
 
 PROGRAM = "csi-resizer"
 

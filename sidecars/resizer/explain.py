@@ -18,9 +18,9 @@ from typing import Any
 from common import explain
 from common.errors import CapabilityError
 from common.explain import Report, Session
-from common.flags import apply_logging_flags
 from common.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS
 from common.quantity import QuantityError
+from common.standardflags import apply_logging_flags
 from sidecars.resizer import claims as c
 from sidecars.resizer.cli import PROGRAM, ResizerConfig, build_flagset
 from sidecars.resizer.controller import Look, drops_pre_resize_annotation, look_at

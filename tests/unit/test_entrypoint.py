@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from common.entrypoint import parse_or_exit
-from common.flags import FlagSet, add_standard_flags, version
+from common.flags import FlagSet
+from common.standardflags import add_standard_flags, version
 
 # A tiny sidecar: parses flags, then waits until cancelled; `--fail` and `--crash` pick a failure.
 PROGRAM = """

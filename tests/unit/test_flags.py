@@ -9,17 +9,10 @@ import math
 import pytest
 
 from common.errors import ConfigError, FlagError
-from common.flags import (
-    Flags,
-    FlagSet,
-    HelpRequested,
-    add_logging_flags,
-    add_standard_flags,
-    apply_logging_flags,
-    check_http_flags,
-)
+from common.flags import Flags, FlagSet, HelpRequested
 from common.govalues import format_duration, format_float, parse_duration, parse_float, parse_int
 from common.logging import configure
+from common.standardflags import add_logging_flags, add_standard_flags, apply_logging_flags, check_http_flags
 
 
 def attacher_flags() -> FlagSet:

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from common.errors import ConfigError, FlagError
-from common.flags import apply_logging_flags
 from common.logging import configure
+from common.standardflags import apply_logging_flags
 from sidecars.provisioner import cli
 from sidecars.provisioner.cli import ProvisionerConfig, build_flagset
 
