@@ -89,12 +89,16 @@ async def read_secret(kube: KubeClient, ref: Mapping[str, Any] | None) -> dict[s
     }
 
 
-def _recorded_bytes(pv: Mapping[str, Any]) -> int:
-    """The PV's `spec.capacity.storage` in bytes (0 when absent or unparsable)."""
+def _recorded_if_larger(pv: Mapping[str, Any], required: int) -> str | None:
+    """The PV's `spec.capacity.storage` as written, if it parses and is larger than `required` bytes.
+
+    Kept as written, not re-formatted: a decimal quantity beyond int64 (`10E`) written back in binary
+    form would be capped at 2^63-1 by the API server, and the volume would seem to shrink."""
+    recorded = str(((pv.get("spec") or {}).get("capacity") or {}).get("storage") or 0)
     try:
-        return to_bytes(str(((pv.get("spec") or {}).get("capacity") or {}).get("storage") or 0))
+        return recorded if to_bytes(recorded) > required else None
     except QuantityError:
-        return 0
+        return None
 
 
 class CSIResizer:
@@ -138,9 +142,8 @@ class CSIResizer:
         rsp = await self.csi.controller.ControllerExpandVolume(request, timeout=self.timeout)
         required = request.capacity_range.required_bytes
         if rsp.capacity_bytes == 0:  # REQUIRED by the spec: without it, as asked and no smaller than before
-            return format_quantity(
-                max(required, _recorded_bytes(pv)), binary=True
-            ), rsp.node_expansion_required
+            size = _recorded_if_larger(pv, required) or format_quantity(required, binary=True)
+            return size, rsp.node_expansion_required
         if rsp.capacity_bytes < required:
             raise ResizeError(
                 f"driver returned a capacity of {rsp.capacity_bytes} bytes, "

@@ -15,10 +15,11 @@ import re
 from typing import Any, cast
 
 import grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from kit import FakeRpcError
 from test_resizer_controller import make
-from test_resizer_fakes import Cluster, FakeRpcError, claim, volume
+from test_resizer_fakes import Cluster, claim, volume
 
 from common.controller import Requeue
 from common.csi import CSIConnection
@@ -98,6 +99,16 @@ def bytes_or_none(size: str | None) -> int | None:
     answer_bytes=st.sampled_from([0, 1, GiB, 2 * GiB - 1, 2 * GiB, 3 * GiB]),
     node_expansion=st.booleans(),
     error=st.none() | st.sampled_from([code for code in grpc.StatusCode if code is not grpc.StatusCode.OK]),
+)
+@example(  # a decimal PV capacity beyond int64, written back in binary form, was capped: it shrank
+    request="1Gi",
+    capacity="0",
+    pv_capacity="10E",
+    allocated=None,
+    status="",
+    answer_bytes=0,
+    node_expansion=False,
+    error=None,
 )
 async def test_resize_ends_in_an_event_or_a_retried_error(
     request: str,
