@@ -246,6 +246,17 @@ class KubeClient:
         result: dict[str, Any] = await self.request("GET", resource.path(namespace=namespace, name=name))
         return result
 
+    async def serves(self, resource: Resource) -> bool:
+        """Discovery: does the API server serve `resource` (its group/version lists the plural)?
+
+        A failed discovery request counts as "not served" (logged at --v=2), as upstream's checks do."""
+        try:
+            found = await self.request("GET", resource.path().removesuffix(f"/{resource.plural}"))
+        except ApiError as exc:
+            log.info("API discovery failed", group_version=resource.api_version, error=str(exc), v=2)
+            return False
+        return any(r.get("name") == resource.plural for r in found.get("resources") or ())
+
     async def list(
         self,
         resource: Resource,

@@ -19,7 +19,7 @@ import grpc
 from common import debug, entrypoint
 from common.csi.errors import describe
 from common.errors import CapabilityError
-from common.kube.client import ApiError, KubeClient
+from common.kube.resources import VOLUME_ATTRIBUTES_CLASSES
 from common.logging import get_logger
 from common.metrics import Metrics
 from common.runtime import Runtime
@@ -67,21 +67,11 @@ async def discover(rt: Runtime, config: ProvisionerConfig) -> Driver:
     return driver
 
 
-async def serves_volume_attributes_classes(kube: KubeClient) -> bool:
-    """Discovery: does the API server serve storage.k8s.io/v1 volumeattributesclasses?"""
-    try:
-        found = await kube.request("GET", "/apis/storage.k8s.io/v1")
-    except ApiError as exc:
-        log.info("API discovery of storage.k8s.io/v1 failed", error=str(exc), v=2)
-        return False
-    return any(r.get("name") == "volumeattributesclasses" for r in found.get("resources") or ())
-
-
 async def settle_gates(rt: Runtime, config: ProvisionerConfig) -> ProvisionerConfig:
     """VolumeAttributesClass on by default is turned off when the API is absent (upstream's rule)."""
     if not config.volume_attributes_class or config.volume_attributes_class_explicit:
         return config
-    if await serves_volume_attributes_classes(rt.kube):
+    if await rt.kube.serves(VOLUME_ATTRIBUTES_CLASSES):
         return config
     log.info("VolumeAttributesClass API not available, disabling the VolumeAttributesClass feature")
     return dataclasses.replace(config, volume_attributes_class=False)

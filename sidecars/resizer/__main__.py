@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from common import debug, entrypoint
 from common.errors import CapabilityError
-from common.kube.client import ApiError, KubeClient
+from common.kube.resources import VOLUME_ATTRIBUTES_CLASSES
 from common.leaderelection import sanitize_name
 from common.logging import get_logger
 from common.metrics import Metrics
@@ -25,16 +25,6 @@ from sidecars.resizer.modify import ModifyController
 from sidecars.resizer.resizer import CSIResizer, Resizer, TrivialResizer
 
 log = get_logger("sidecars.resizer")
-
-
-async def serves_volume_attributes_classes(kube: KubeClient) -> bool:
-    """Discovery: does the API server serve storage.k8s.io/v1 volumeattributesclasses?"""
-    try:
-        found = await kube.request("GET", "/apis/storage.k8s.io/v1")
-    except ApiError as exc:
-        log.info("API discovery of storage.k8s.io/v1 failed", error=str(exc), v=2)
-        return False
-    return any(r.get("name") == "volumeattributesclasses" for r in found.get("resources") or ())
 
 
 async def choose_resizer(rt: Runtime) -> Resizer | None:
@@ -53,7 +43,7 @@ async def choose_resizer(rt: Runtime) -> Resizer | None:
 async def modify_enabled(rt: Runtime, config: ResizerConfig) -> bool:
     if not config.volume_attributes_class:
         return False
-    if not config.volume_attributes_class_explicit and not await serves_volume_attributes_classes(rt.kube):
+    if not config.volume_attributes_class_explicit and not await rt.kube.serves(VOLUME_ATTRIBUTES_CLASSES):
         log.info("VolumeAttributesClass is not served by the API server, modify controller disabled")
         return False
     if "MODIFY_VOLUME" not in await rt.csi.controller_capabilities():

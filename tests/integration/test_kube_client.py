@@ -12,7 +12,13 @@ from common.backoff import TokenBucket
 from common.kube import finalizers
 from common.kube.client import ApiError, KubeClient
 from common.kube.config import load_cluster_config
-from common.kube.resources import NAMESPACES, PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES
+from common.kube.resources import (
+    NAMESPACES,
+    PERSISTENT_VOLUME_CLAIMS,
+    PERSISTENT_VOLUMES,
+    VOLUME_ATTRIBUTES_CLASSES,
+    Resource,
+)
 from testbed.apiserver import ApiServer
 
 
@@ -82,6 +88,14 @@ async def test_500_without_retry_after_is_an_error(apiserver: ApiServer, kube: K
     with pytest.raises(ApiError) as failed:
         await kube.get(NAMESPACES, "default")
     assert failed.value.status == 500
+
+
+async def test_discovery_tells_which_resources_are_served(kube: KubeClient) -> None:
+    """`serves` reads the group/version's resource list; an unknown group (404) is "not served"."""
+    assert await kube.serves(VOLUME_ATTRIBUTES_CLASSES)
+    assert await kube.serves(PERSISTENT_VOLUMES)  # the core group: /api/v1
+    assert not await kube.serves(Resource("storage.k8s.io", "v1", "widgets", "Widget", False))
+    assert not await kube.serves(Resource("example.com", "v1", "widgets", "Widget", False))
 
 
 async def test_qps_limit_holds_at_the_server(apiserver: ApiServer, kubeconfig: str) -> None:
