@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -120,35 +120,18 @@ class Provisioner:
             )
         requested = prepared.request.capacity_range.required_bytes
         if volume.capacity_bytes and volume.capacity_bytes < requested:
-            message = (
-                f"created volume capacity {volume.capacity_bytes} less than requested capacity {requested}"
+            await self._discard(
+                volume,
+                prepared,
+                f"created volume capacity {volume.capacity_bytes} less than requested capacity {requested}",
             )
-            try:
-                await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
-            except grpc.RpcError as err:
-                message += (
-                    f". Cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
-                )
-            raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
         segments = [dict(t.segments) for t in volume.accessible_topology]
         if self.settings.topology and (problem := invalid_topology(segments)):
-            message = f"CSI driver returned an invalid accessible topology: {problem}"
-            try:
-                await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
-            except grpc.RpcError as err:
-                message += (
-                    f". Cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
-                )
-            raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
+            await self._discard(
+                volume, prepared, f"CSI driver returned an invalid accessible topology: {problem}"
+            )
         if self._wants_content_source(claim) and not volume.HasField("content_source"):
-            message = "volume content source missing"
-            try:
-                await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
-            except grpc.RpcError as err:
-                message += (
-                    f". cleanup of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
-                )
-            raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
+            await self._discard(volume, prepared, "volume content source missing", cleanup="cleanup")
         pv = build_pv(claim, sc, prepared, volume, self.settings)
         log.info(
             "successfully created PV",
@@ -161,6 +144,19 @@ class Provisioner:
         if self.builder.sources is not None:
             await release_snapshot(self.builder.kube, claim)
         return pv, latest
+
+    async def _discard(
+        self, volume: Any, prepared: Prepared, message: str, *, cleanup: str = "Cleanup"
+    ) -> NoReturn:
+        """Delete a created volume the claim cannot use, then fail with `message` (upstream's words, which
+        spell `cleanup` with a capital in some checks and not in others), noting an orphan if that fails."""
+        try:
+            await self.delete_volume(volume.volume_id, dict(prepared.request.secrets), retries=True)
+        except grpc.RpcError as err:
+            message += (
+                f". {cleanup} of volume {prepared.request.name} failed, volume is orphaned: {describe(err)}"
+            )
+        raise ProvisionError(message, ProvisioningState.IN_BACKGROUND)
 
     def _wants_content_source(self, claim: Mapping[str, Any]) -> bool:
         """`dataSource` is set, or a cross-namespace `dataSourceRef` with its gate on (upstream's test)."""
