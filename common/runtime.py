@@ -251,11 +251,7 @@ class Runtime:
         started: set[int] = set()
         try:
             async with asyncio.TaskGroup() as tasks:
-                if endpoint is not None:
-                    tasks.create_task(endpoint.serve(), name="http")
-                tasks.create_task(self.csi.watch_connection(), name="csi connection")
-                for recorder in self.recorders:
-                    tasks.create_task(recorder.run(), name=f"events {recorder.component}")
+                self._start_process_tasks(tasks, endpoint)
                 for group in groups:
                     lead = self._lead_group(tasks, group, started)
                     elector = electors.get(group.lock_name)
@@ -264,8 +260,7 @@ class Runtime:
                     else:
                         tasks.create_task(elector.run(lead), name=f"leader-election {group.lock_name}")
         finally:
-            for recorder in self.recorders:
-                await asyncio.shield(recorder.flush())
+            await self._flush_events()
 
     def _lead_group(
         self, tasks: asyncio.TaskGroup, group: ControllerGroup, started: set[int]
@@ -344,18 +339,26 @@ class Runtime:
         endpoint = self._endpoint(elector)
         try:
             async with asyncio.TaskGroup() as group:
-                if endpoint is not None:
-                    group.create_task(endpoint.serve(), name="http")
-                group.create_task(self.csi.watch_connection(), name="csi connection")
-                for recorder in self.recorders:
-                    group.create_task(recorder.run(), name=f"events {recorder.component}")
+                self._start_process_tasks(group, endpoint)
                 if elector is not None:
                     group.create_task(elector.run(lambda: self._lead(controllers)), name="leader-election")
                 else:
                     group.create_task(self._lead(controllers), name="controllers")
         finally:
-            for recorder in self.recorders:
-                await asyncio.shield(recorder.flush())
+            await self._flush_events()
+
+    def _start_process_tasks(self, tasks: asyncio.TaskGroup, endpoint: HttpEndpoint | None) -> None:
+        """What serves the whole process beside the controllers: HTTP, the CSI connection watch, events."""
+        if endpoint is not None:
+            tasks.create_task(endpoint.serve(), name="http")
+        tasks.create_task(self.csi.watch_connection(), name="csi connection")
+        for recorder in self.recorders:
+            tasks.create_task(recorder.run(), name=f"events {recorder.component}")
+
+    async def _flush_events(self) -> None:
+        """Every event recorded so far written, even while the process is being cancelled."""
+        for recorder in self.recorders:
+            await asyncio.shield(recorder.flush())
 
     async def _lead(self, controllers: Sequence[Controller]) -> None:
         """Informers, then controllers once caches synced; all stop together on cancellation."""
@@ -380,7 +383,6 @@ class Runtime:
                     for task in tasks:
                         task.cancel(msg="reconcile pass finished")
         finally:
-            for recorder in self.recorders:
-                await asyncio.shield(recorder.flush())
+            await self._flush_events()
         stores = {informer.name: informer.store for informer in self.factory.informers}
         one_pass.result().raise_for_failures(describe_uids(stores))
