@@ -1,4 +1,4 @@
-"""Test kit shared by integration tests: poll-until, short socket dirs, and real sidecar processes."""
+"""Test kit shared by the tests: poll-until, short socket dirs, real sidecar processes, a gRPC error."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import grpc
 
 T = TypeVar("T")
 
@@ -122,3 +124,17 @@ class SidecarProcess:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+class FakeRpcError(grpc.RpcError):
+    """What grpc.aio raises for a failed call, reduced to the two methods the sidecars read."""
+
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details

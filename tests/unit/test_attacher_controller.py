@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from test_attacher_fakes import DRIVER, FINALIZER, PV_NAME, Cluster, FakeCSI, FakeRpcError, csinode, pv, va
+from kit import FakeRpcError
+from test_attacher_fakes import DRIVER, FINALIZER, PV_NAME, Cluster, FakeCSI, csinode, pv, va
 
 from common.csi import CSIConnection
 from common.kube.client import KubeClient

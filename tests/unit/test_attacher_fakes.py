@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from kit import FakeRpcError
 
 from common.csi import CSIConnection
 from common.kube.client import ApiError, KubeClient
@@ -27,20 +28,6 @@ from testbed.apiserver.patch import PatchError, json_patch, merge_patch
 DRIVER = "hostpath.csi.k8s.io"
 FINALIZER = "external-attacher/hostpath-csi-k8s-io"
 PV_NAME = "pvc-85bea930-1778-4a6f-b67e-4d20ad56dee6"
-
-
-class FakeRpcError(grpc.RpcError):
-    """What grpc.aio raises for a failed call: `code()` and `details()`."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from kit import FakeRpcError
 
 from common.csi.errors import (
     NON_GRPC,
@@ -20,21 +21,6 @@ from common.errors import CSIError
 
 C = grpc.StatusCode
 FINAL, IN_PROGRESS, RESCHEDULE = Outcome.FINAL, Outcome.IN_PROGRESS, Outcome.RESCHEDULE
-
-
-class FakeRpcError(grpc.RpcError):
-    """What grpc.aio raises, reduced to the two methods the classifiers read."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__()
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 # code, Go name, classify(), classify(may_reschedule=True), is_final(), infeasible, infeasible on expand

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from kit import FakeRpcError
 
 from common.kube.client import ApiError, KubeClient
 from common.kube.informer import InformerFactory
@@ -20,20 +21,6 @@ from common.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, 
 from testbed.apiserver.strategic import strategic_merge_patch
 
 DRIVER = "hostpath.csi.k8s.io"
-
-
-class FakeRpcError(grpc.RpcError):
-    """What grpc.aio raises for a failed call: `code()` and `details()`."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 @dataclass

@@ -9,7 +9,8 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from test_resizer_fakes import DRIVER, Cluster, FakeRpcError, claim, volume
+from kit import FakeRpcError
+from test_resizer_fakes import DRIVER, Cluster, claim, volume
 
 from common.controller import Requeue
 from common.csi import CSIConnection
