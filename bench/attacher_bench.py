@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 
+from bench.proc import api_calls, delta, percentile, rss_mib
 from common.backoff import TokenBucket
 from common.kube.client import KubeClient
 from common.kube.config import load_cluster_config
@@ -73,13 +73,6 @@ class Phase:
         return max(self.done.values()) - min(self.started.values())
 
 
-def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(field_name)
-
-
 async def start_apiserver(directory: Path) -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -92,28 +85,6 @@ async def start_apiserver(directory: Path) -> tuple[asyncio.subprocess.Process, 
     assert process.stdout is not None
     url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
     return process, url
-
-
-async def attacher_calls(url: str) -> dict[str, int]:
-    """The attacher's requests so far by verb (watch streams left out), from the request log."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url}/testbed/requests?records=false") as rsp,
-    ):
-        body = await rsp.json()
-    counts: dict[str, int] = {}
-    for agent, rows in body["byUserAgent"].items():
-        if agent.startswith(AGENT):
-            for row in rows:
-                key = f"{row['verb']} {row['resource']}" + (
-                    f"/{row['subresource']}" if row["subresource"] else ""
-                )
-                counts[key] = counts.get(key, 0) + row["count"]
-    return {k: v for k, v in counts.items() if not k.startswith("watch")}
-
-
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
 async def populate(kube: KubeClient, driver: TestDriver, args: argparse.Namespace) -> None:
@@ -232,7 +203,7 @@ async def run(args: argparse.Namespace) -> None:
                     await informer.wait_synced()
                     await asyncio.sleep(2.0)  # the attacher starts and lists
                     idle = rss_mib(attacher.pid)
-                    before = await attacher_calls(url)
+                    before = await api_calls(url, AGENT)
                     csi_before = dict(driver.calls.counts)
 
                     async def create(i: int) -> None:
@@ -241,7 +212,7 @@ async def run(args: argparse.Namespace) -> None:
 
                     await bounded([lambda i=i: create(i) for i in range(args.count)], args.concurrency)
                     await asyncio.wait_for(attach.finished.wait(), args.timeout)
-                    after_attach = await attacher_calls(url)
+                    after_attach = await api_calls(url, AGENT)
                     csi_attach = dict(driver.calls.counts)
                     rss_attached = rss_mib(attacher.pid)
 
@@ -251,7 +222,7 @@ async def run(args: argparse.Namespace) -> None:
 
                     await bounded([lambda i=i: delete(i) for i in range(args.count)], args.concurrency)
                     await asyncio.wait_for(detach.finished.wait(), args.timeout)
-                    after_detach = await attacher_calls(url)
+                    after_detach = await api_calls(url, AGENT)
                     csi_detach = dict(driver.calls.counts)
                     rss_detached, peak = rss_mib(attacher.pid), rss_mib(attacher.pid, "VmHWM")
                     watch.cancel()
@@ -272,10 +243,6 @@ async def run(args: argparse.Namespace) -> None:
                 if process is not None and process.returncode is None:
                     process.kill()
                     await process.wait()
-
-
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * q))]
 
 
 def report(

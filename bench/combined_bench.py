@@ -38,7 +38,8 @@ from typing import Any
 
 import structlog
 
-from bench.livenessprobe_bench import rss_mib, sidecar_command
+from bench.livenessprobe_bench import sidecar_command
+from bench.proc import rss_mib
 from common.backoff import TokenBucket
 from common.kube.client import KubeClient
 from common.kube.config import load_cluster_config

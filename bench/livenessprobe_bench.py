@@ -28,6 +28,8 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.proc import rss_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 IDLE_SECONDS = 3.0
 DEV_ONLY = ("rich",)
@@ -39,14 +41,6 @@ PORT = re.compile(rb'"HTTP endpoint listening" .*port=(\d+)')
 class Results:
     latencies: list[float] = field(default_factory=list)
     failures: dict[int, int] = field(default_factory=dict)
-
-
-def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
-    """A memory figure of process `pid` from /proc (VmRSS: resident now; VmHWM: peak resident)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(field_name)
 
 
 def sidecar_command(module: str, *, runtime_deps_only: bool) -> list[str]:

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 
+from bench.proc import api_calls, cpu_seconds, delta, percentile, rss_mib
 from common.backoff import TokenBucket
 from common.kube.client import KubeClient
 from common.kube.config import load_cluster_config
@@ -59,7 +59,6 @@ from testbed.csidriver import DEFAULT_TOPOLOGY_KEY, DriverConfig, TestDriver
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = "hostpath.csi.k8s.io"
 AGENT = "csi-provisioner/"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the cluster process (--serve) ----------------------------------------------------------------
@@ -112,50 +111,16 @@ class Run:
         return max(self.provisioned.values()) - min(self.created.values())
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError("VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-async def provisioner_calls(url: str) -> dict[str, int]:
-    """The provisioner's requests so far by verb and resource (watches left out), from the request log."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url}/testbed/requests?records=false") as rsp,
-    ):
-        body = await rsp.json()
-    counts: dict[str, int] = {}
-    for agent, rows in body["byUserAgent"].items():
-        if agent.startswith(AGENT):
-            for row in rows:
-                key = f"{row['verb']} {row['resource']}" + (
-                    f"/{row['subresource']}" if row["subresource"] else ""
-                )
-                counts[key] = counts.get(key, 0) + row["count"]
-    return {k: v for k, v in counts.items() if not k.startswith("watch")}
-
-
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
-
-
 async def settled_calls(
     url: str, before: dict[str, int], *, quiet: float = 2.0
 ) -> tuple[dict[str, int], float]:
     """The provisioner's calls once they stop growing for `quiet` seconds (queued events written), and
     about when the last one was made (loop time, within 0.1 s)."""
     loop = asyncio.get_running_loop()
-    last, changed = delta(await provisioner_calls(url), before), loop.time()
+    last, changed = delta(await api_calls(url, AGENT), before), loop.time()
     while loop.time() - changed < quiet:
         await asyncio.sleep(0.1)
-        now = delta(await provisioner_calls(url), before)
+        now = delta(await api_calls(url, AGENT), before)
         if now != last:
             last, changed = now, loop.time()
     return last, changed
@@ -292,13 +257,13 @@ async def one_run(
                     await informer.wait_synced()
                     await asyncio.sleep(3.0)  # the provisioner starts, lists, and its API budget refills
                     idle = rss_mib(provisioner.pid)
-                    before = await provisioner_calls(url)
+                    before = await api_calls(url, AGENT)
                     pids = (provisioner.pid, cluster.pid, os.getpid())
                     cpu_before = [cpu_seconds(pid) for pid in pids]
                     await create_claims(kube, run, count, rate, annotated=not args.pv_controller)
                     await asyncio.wait_for(run.finished.wait(), args.timeout)
                     cpu = [cpu_seconds(pid) - start for pid, start in zip(pids, cpu_before, strict=True)]
-                    calls = delta(await provisioner_calls(url), before)
+                    calls = delta(await api_calls(url, AGENT), before)
                     calls_after, settled = await settled_calls(url, before)
                     after = rss_mib(provisioner.pid)
                     watch.cancel()
@@ -316,10 +281,6 @@ async def one_run(
                     except TimeoutError:
                         process.kill()
                         await process.wait()
-
-
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * q))]
 
 
 def report(result: Result, *, rate: float, qps: float, burst: int) -> None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bench.livenessprobe_bench import rss_mib, sidecar_command
+from bench.livenessprobe_bench import sidecar_command
+from bench.proc import rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_TARGET_MIB = 40.0
