@@ -1,19 +1,26 @@
-"""Test kit shared by the tests: poll-until, short socket dirs, real sidecar processes, a gRPC error."""
+"""Test kit shared by the tests: poll-until, short socket dirs, real sidecar processes and how to stop,
+scrape and measure them, a free port, a gRPC error."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import grpc
+
+from testbed.demo import free_port as free_port  # the one copy, shared with `make demo`
 
 T = TypeVar("T")
 
@@ -138,3 +145,51 @@ class FakeRpcError(grpc.RpcError):
 
     def details(self) -> str:
         return self._details
+
+
+ASYNCIO_COMPLAINTS = ("Task was destroyed but it is pending", "never awaited")
+"""What asyncio logs about a task or coroutine left behind: never in a cleanly stopped sidecar's log."""
+
+
+async def stop_cleanly(
+    process: SidecarProcess, *, timeout: float = 15.0, forbidden: Sequence[str] = ASYNCIO_COMPLAINTS
+) -> str:
+    """SIGTERM: exit 0 within `timeout` and none of `forbidden` in the log; returns the log."""
+    code = await process.stop(timeout=timeout)
+    log = process.log()
+    assert code == 0, log[-3000:]
+    for complaint in forbidden:
+        assert complaint not in log, log[-3000:]
+    return log
+
+
+async def scrape(port: int) -> str:
+    """GET /metrics on 127.0.0.1:`port`: its text (the answer must be 200)."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as rsp:
+        assert rsp.status == 200
+        return await rsp.text()
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of process `pid` (VmRSS), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError("VmRSS")
+
+
+def field_docstrings(cls: type) -> dict[str, str | None]:
+    """Each annotated field of class `cls` → the string literal right below it (its docstring), or None."""
+    (node,) = ast.parse(textwrap.dedent(inspect.getsource(cls))).body
+    assert isinstance(node, ast.ClassDef)
+    docs: dict[str, str | None] = {}
+    for index, item in enumerate(node.body):
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            below = node.body[index + 1] if index + 1 < len(node.body) else None
+            literal = (
+                below.value.value
+                if isinstance(below, ast.Expr) and isinstance(below.value, ast.Constant)
+                else None
+            )
+            docs[item.target.id] = literal if isinstance(literal, str) else None
+    return docs

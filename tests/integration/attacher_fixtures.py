@@ -9,18 +9,21 @@ short retry intervals and an HTTP endpoint on a free port.
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from kit import SidecarProcess, eventually
+from kit import stop_cleanly as kit_stop_cleanly
 
 from common.kube.client import ApiError, KubeClient
 from common.kube.resources import CSI_NODES, NODES, PERSISTENT_VOLUMES, VOLUME_ATTACHMENTS
 from testbed.csidriver import DEFAULT_TOPOLOGY_KEY, GiB, TestDriver, Volume
+
+stop_cleanly = functools.partial(kit_stop_cleanly, timeout=20)
+"""SIGTERM: exit 0 and a clean log (kit.stop_cleanly with this module's bounds)."""
 
 DRIVER = "hostpath.csi.k8s.io"
 FINALIZER = "external-attacher/hostpath-csi-k8s-io"
@@ -54,13 +57,6 @@ def comparable(obj: Obj) -> Obj:
         claim.pop("resourceVersion", None)
         claim.pop("uid", None)
     return obj
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def add_volume(driver: TestDriver, handle: str, *, node: str = "node-1") -> None:
@@ -199,21 +195,3 @@ def start_attacher(
     env: dict[str, str] | None = None,
 ) -> SidecarProcess:
     return sidecar("sidecars.attacher", *attacher_args(kubeconfig, driver, *extra, port=port), env=env)
-
-
-async def scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        return await response.text()
-
-
-async def stop_cleanly(process: SidecarProcess) -> None:
-    """SIGTERM: exit 0 within the timeout and no asyncio complaints in the log."""
-    code = await process.stop(timeout=20)
-    log = process.log()
-    assert code == 0, log[-3000:]
-    for complaint in ("Task was destroyed but it is pending", "was never awaited"):
-        assert complaint not in log, log[-3000:]

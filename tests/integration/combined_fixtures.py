@@ -8,6 +8,7 @@ with fast retries, fast leader election and an HTTP endpoint.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -16,7 +17,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from kit import SidecarProcess, eventually
+from kit import ASYNCIO_COMPLAINTS, eventually
+from kit import stop_cleanly as kit_stop_cleanly
 
 from common.kube.client import ApiError, KubeClient
 from common.kube.resources import (
@@ -31,6 +33,9 @@ from common.kube.resources import (
 from testbed.apiserver import ApiServer
 from testbed.controllers import ControlPlane, KubeletConfig
 from testbed.csidriver import TestDriver
+
+stop_cleanly = functools.partial(kit_stop_cleanly, timeout=20, forbidden=(*ASYNCIO_COMPLAINTS, "Traceback"))
+"""SIGTERM: exit 0 and a clean log (kit.stop_cleanly with this module's bounds)."""
 
 DRIVER = "hostpath.csi.k8s.io"
 NODE = "node-1"
@@ -49,12 +54,6 @@ ELECTION = (
 )
 
 Obj = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager
@@ -210,13 +209,3 @@ def driver_connections(driver: TestDriver, pid: int) -> int:
             if isinstance(name, str) and "/" + name.lstrip("/") == path and peer == pid:
                 count += 1
     return count
-
-
-async def stop_cleanly(process: SidecarProcess) -> str:
-    """SIGTERM: exit 0, no asyncio complaints; returns the log."""
-    code = await process.stop(timeout=20)
-    text = process.log()
-    assert code == 0, text[-3000:]
-    for bad in ("Task was destroyed but it is pending", "was never awaited", "Traceback"):
-        assert bad not in text, text[-3000:]
-    return text

@@ -12,19 +12,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import functools
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from kit import SidecarProcess, eventually
+from kit import stop_cleanly as kit_stop_cleanly
 
 from proto import csi_pb2
 from testbed.apiserver import ApiServer, NotFound, Store
 from testbed.controllers import ControlPlane
 from testbed.csidriver import TestDriver, connect
+
+stop_cleanly = functools.partial(kit_stop_cleanly, timeout=25)
+"""SIGTERM: exit 0 and a clean log (kit.stop_cleanly with this module's bounds)."""
 
 Obj = dict[str, Any]
 DRIVER = "hostpath.csi.k8s.io"
@@ -153,31 +156,6 @@ def comparable(obj: Obj) -> Obj:
         assert millis.isdigit() and number.isdigit() and int(number) < 10000 and driver == DRIVER, identity
         attributes["storage.kubernetes.io/csiProvisionerIdentity"] = "<identity>"
     return obj
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        return await response.text()
-
-
-async def stop_cleanly(process: SidecarProcess) -> None:
-    """SIGTERM: exit 0 and no asyncio complaints in the log."""
-    code = await process.stop(timeout=25)
-    log = process.log()
-    assert code == 0, log[-3000:]
-    for complaint in ("Task was destroyed but it is pending", "was never awaited"):
-        assert complaint not in log, log[-3000:]
 
 
 class Bed:

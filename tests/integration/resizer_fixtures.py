@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +39,6 @@ RESIZE_CONDITIONS = {"Resizing", "FileSystemResizePending", "ControllerResizeErr
 
 def golden(name: str) -> Any:
     return json.loads((GOLDEN / name).read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def resizer_args(kubeconfig: str, driver: TestDriver, *extra: str) -> list[str]:

@@ -22,15 +22,13 @@ from attacher_fixtures import (
     create_pv,
     create_va,
     delete_va,
-    free_port,
     golden,
-    scrape,
     start_attacher,
     stop_cleanly,
     wait_gone,
     wait_va,
 )
-from kit import eventually
+from kit import eventually, free_port, scrape
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.kube.client import KubeClient

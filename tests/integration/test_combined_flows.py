@@ -20,7 +20,6 @@ from combined_fixtures import (
     claim,
     combined_args,
     driver_connections,
-    free_port,
     get,
     holders,
     metrics,
@@ -33,7 +32,7 @@ from combined_fixtures import (
     wait_bound,
     wait_pv_capacity,
 )
-from kit import eventually
+from kit import eventually, free_port
 
 from common.kube.client import KubeClient
 from common.kube.resources import PERSISTENT_VOLUME_CLAIMS, PERSISTENT_VOLUMES, PODS, VOLUME_ATTACHMENTS

@@ -17,7 +17,6 @@ from combined_fixtures import (
     LEASES_BY_CONTROLLER,
     claim,
     combined_args,
-    free_port,
     holders,
     metrics,
     plane,
@@ -29,7 +28,7 @@ from combined_fixtures import (
     wait_bound,
     wait_pv_capacity,
 )
-from kit import eventually
+from kit import eventually, free_port
 
 from common.kube.client import KubeClient
 from common.kube.resources import PERSISTENT_VOLUME_CLAIMS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from kit import SidecarProcess, eventually
+from kit import ASYNCIO_COMPLAINTS, SidecarProcess, eventually, rss_mib
+from kit import stop_cleanly as kit_stop_cleanly
 
 from testbed.csidriver import TestDriver
+
+stop_cleanly = functools.partial(kit_stop_cleanly, forbidden=(*ASYNCIO_COMPLAINTS, "Traceback"))
+"""SIGTERM: exit 0 and a clean log (kit.stop_cleanly with this module's bounds)."""
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 MODULE = "sidecars.livenessprobe"
@@ -56,13 +61,6 @@ async def http_port(process: SidecarProcess) -> int:
     return port
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError("VmRSS")
-
-
 async def get(port: int, path: str = "/healthz") -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as rsp:
         return rsp.status, rsp.headers["Content-Type"], await rsp.text()
@@ -70,14 +68,6 @@ async def get(port: int, path: str = "/healthz") -> tuple[int, str, str]:
 
 def start_probe(sidecar: Start, address: str, *extra: str) -> SidecarProcess:
     return sidecar(MODULE, f"--csi-address={address}", "--http-endpoint=127.0.0.1:0", *extra)
-
-
-async def stop_cleanly(process: SidecarProcess) -> str:
-    assert await process.stop() == 0
-    log = process.log()
-    for problem in ("Task was destroyed but it is pending", "never awaited", "Traceback"):
-        assert problem not in log
-    return log
 
 
 async def test_healthz_and_metrics_match_upstream(sidecar: Start, driver: TestDriver) -> None:

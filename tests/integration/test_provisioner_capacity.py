@@ -13,16 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kit import eventually
+from kit import eventually, free_port, scrape
 from provisioner_fixtures import (
     ANN_SELECTED_NODE,
     TOPOLOGY_KEY,
     Bed,
     csinode,
-    free_port,
     node,
     provisioner_bed,
-    scrape,
     stop_cleanly,
     storage_class,
 )

@@ -13,17 +13,15 @@ import socket
 from typing import Any
 
 import aiohttp
-from kit import eventually
+from kit import eventually, free_port, scrape
 from prometheus_client.parser import text_string_to_metric_families
 from provisioner_fixtures import (
     DRIVER,
     GOLDEN,
     PV_FINALIZER,
     comparable,
-    free_port,
     golden,
     provisioner_bed,
-    scrape,
     stop_cleanly,
 )
 

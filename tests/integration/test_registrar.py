@@ -9,6 +9,7 @@ test-bed API server and checks the CSINode it writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import socket as sockets
@@ -20,11 +21,15 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from kit import SidecarProcess, eventually
+from kit import ASYNCIO_COMPLAINTS, SidecarProcess, eventually, rss_mib
+from kit import stop_cleanly as kit_stop_cleanly
 
 from proto import csi_pb2, csi_pb2_grpc, pluginregistration_pb2, pluginregistration_pb2_grpc
 from testbed.apiserver import ApiServer
 from testbed.csidriver import TestDriver
+
+stop_cleanly = functools.partial(kit_stop_cleanly, forbidden=(*ASYNCIO_COMPLAINTS, "Traceback"))
+"""SIGTERM: exit 0 and a clean log (kit.stop_cleanly with this module's bounds)."""
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 MODULE = "sidecars.registrar"
@@ -52,13 +57,6 @@ async def http_port(process: SidecarProcess) -> int:
         return int(match.group(1)) if match else None
 
     return await eventually(found, timeout=20, message="the HTTP endpoint")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError("VmRSS")
 
 
 async def get(port: int, path: str = "/healthz") -> tuple[int, str, str]:
@@ -115,14 +113,6 @@ def start_registrar(sidecar: Start, driver: TestDriver, kubelet: Kubelet, *extra
         "--v=5",
         *extra,
     )
-
-
-async def stop_cleanly(process: SidecarProcess) -> str:
-    assert await process.stop() == 0
-    log = process.log()
-    for problem in ("Task was destroyed but it is pending", "never awaited", "Traceback"):
-        assert problem not in log
-    return log
 
 
 async def test_kubelet_registers_the_driver_end_to_end(

@@ -11,16 +11,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from kit import SidecarProcess, eventually
+from kit import SidecarProcess, eventually, free_port, scrape
 from resizer_fixtures import (
     DRIVER,
     GOLDEN,
     bound_claim,
     capacity,
     claim,
-    free_port,
     golden,
     node_expand,
     normalized,
@@ -60,12 +58,6 @@ def event_shape(event: dict[str, Any], pv_name: str) -> dict[str, Any]:
         "reportingComponent": event.get("reportingComponent"),
         "reportingInstance": event.get("reportingInstance"),
     }
-
-
-async def scrape(port: int) -> str:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as rsp:
-        assert rsp.status == 200
-        return await rsp.text()
 
 
 def series(text: str) -> dict[str, float]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
-
 import pytest
+from kit import field_docstrings
 
 from common.errors import ConfigError, FlagError
-from sidecars.attacher import cli
 from sidecars.attacher.cli import AttacherConfig, build_flagset
 
 # REFERENCE §0.1, §0.2 and §2.1: everything a v4.12 Deployment may pass.
@@ -97,11 +94,5 @@ def test_both_metrics_flags_are_a_config_error() -> None:
 
 
 def test_every_config_field_is_documented() -> None:
-    tree = ast.parse(inspect.getsource(cli))
-    [config] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AttacherConfig"]
-    body = config.body
-    for index, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign):
-            doc = body[index + 1]
-            assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant), ast.unparse(node)
-            assert "`--" in doc.value.value or "gate" in doc.value.value
+    docs = field_docstrings(AttacherConfig)
+    assert docs and all(doc and ("`--" in doc or "gate" in doc) for doc in docs.values()), docs

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import io
 import json
 
 import pytest
+from kit import field_docstrings
 
 from common.errors import ConfigError, FlagError
 from common.logging import configure
 from common.standardflags import apply_logging_flags
-from sidecars.provisioner import cli
 from sidecars.provisioner.cli import ProvisionerConfig, build_flagset
 
 # REFERENCE §0.2 and §1.1: every flag external-provisioner v6.3 accepts.
@@ -181,15 +179,10 @@ def test_only_enable_pprof_is_accepted_but_not_implemented() -> None:
 
 
 def test_every_config_field_has_a_docstring() -> None:
-    tree = ast.parse(inspect.getsource(cli))
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProvisionerConfig"]
-    fields = [(i, node) for i, node in enumerate(cls.body) if isinstance(node, ast.AnnAssign)]
-    assert len(fields) == len(dataclasses.fields(ProvisionerConfig))
-    for i, node in fields:
-        following = cls.body[i + 1]
-        assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), ast.dump(node)
-        text = following.value.value
-        assert isinstance(text, str) and ("`--" in text or "Feature gate" in text or "standard flags" in text)
+    docs = field_docstrings(ProvisionerConfig)
+    assert len(docs) == len(dataclasses.fields(ProvisionerConfig))
+    for doc in docs.values():
+        assert doc and ("`--" in doc or "Feature gate" in doc or "standard flags" in doc), docs
 
 
 def test_data_source_capacity_and_node_deployment_flags_reach_the_config() -> None:

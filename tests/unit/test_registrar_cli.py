@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from kit import field_docstrings
 
 from common.errors import ConfigError, FlagError
 from sidecars.registrar.cli import PROBE_MODE, RegistrarConfig, build_flagset
@@ -94,32 +91,5 @@ def test_bad_duration_is_a_flag_error() -> None:
 
 
 def test_every_config_field_has_a_docstring() -> None:
-    import ast
-    import inspect
-
-    from sidecars.registrar import cli
-
-    tree = ast.parse(inspect.getsource(cli))
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "RegistrarConfig"]
-    body = cls.body
-    for index, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign):
-            following = body[index + 1] if index + 1 < len(body) else None
-            assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), ast.dump(
-                node
-            )
-
-
-def test_main_module_does_not_import_kubernetes_prometheus_or_openssl() -> None:
-    """The memory diet (40 MiB idle): no Kubernetes client, prometheus_client or OpenSSL (common.notls)."""
-    code = (
-        "import sys, sidecars.registrar.__main__\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', '_ssl')"
-        " or m.startswith(('common.kube', 'common.runtime', 'importlib.metadata')))\n"
-        "print(bad, sys.modules['ssl'])\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=root
-    )
-    assert out.stdout.strip() == "[] None"
+    docs = field_docstrings(RegistrarConfig)
+    assert docs and all(docs.values()), docs

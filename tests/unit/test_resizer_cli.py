@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
-
 import pytest
+from kit import field_docstrings
 
 from common.errors import ConfigError, FlagError
-from sidecars.resizer import cli
 from sidecars.resizer.cli import ResizerConfig, build_flagset
 
 # external-resizer's flags (cmd/csi-resizer/main.go, csi-lib-utils standardflags, component-base logsapi).
@@ -111,12 +108,5 @@ def test_bad_command_lines_are_refused() -> None:
 
 
 def test_every_config_field_has_a_docstring() -> None:
-    tree = ast.parse(inspect.getsource(cli))
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ResizerConfig"]
-    body = cls.body
-    for i, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign):
-            following = body[i + 1] if i + 1 < len(body) else None
-            assert isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant), ast.dump(
-                node.target
-            )
+    docs = field_docstrings(ResizerConfig)
+    assert docs and all(docs.values()), docs
