@@ -86,7 +86,9 @@ class ProbeMetrics:
         self, *, driver_name: str, method_name: str, grpc_status_code: str, seconds: float
     ) -> None:
         key = (driver_name or UNKNOWN_DRIVER, grpc_status_code, method_name)
-        series = self._operations.get(key) or self._operations.setdefault(key, _Series())
+        series = self._operations.get(key)
+        if series is None:
+            series = self._operations[key] = _Series()
         series.counts[bisect_left(OPERATIONS_BUCKETS, seconds)] += 1  # `le`: the first bound >= seconds
         series.total += seconds
 
